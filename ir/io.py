@@ -1,0 +1,215 @@
+"""Loading (validate, normalize, resolve external data safely) and saving (atomic, deterministic)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
+
+from compress_graph.ir.errors import ModelError
+from compress_graph.ir.model import Model
+
+#: Models below this default-domain opset are upgraded with onnx.version_converter on load. 13 is the first opset with
+#: per-axis QuantizeLinear/DequantizeLinear, which per-channel int8 weights need.
+MIN_OPSET = 13
+#: Protobuf cannot serialize more than 2 GiB; above this many bytes of weights, save() writes external data.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _resolve_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> None:
+    """Read external tensor data, refusing any location that escapes ``base_dir`` (``..``, absolute, symlinks)."""
+    root = base_dir.resolve()
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        loc = info.location or ""
+        if not loc or os.path.isabs(loc) or Path(loc).drive:
+            raise ModelError(f"{where}: tensor '{tensor.name}': external data location '{loc}' must be relative")
+        target = (root / loc).resolve()
+        if root != target and root not in target.parents:
+            raise ModelError(f"{where}: tensor '{tensor.name}': external data '{loc}' points outside the model folder")
+        if not target.is_file():
+            raise ModelError(f"{where}: tensor '{tensor.name}': external data file '{loc}' is missing")
+        offset = int(info.offset or 0)
+        size = target.stat().st_size
+        length = int(info.length) if info.length else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(
+                f"{where}: tensor '{tensor.name}': external data '{loc}' is shorter than offset+length "
+                f"({offset}+{length} > {size} bytes)"
+            )
+        with open(target, "rb") as fh:
+            fh.seek(offset)
+            tensor.raw_data = fh.read(length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
+    """Old exports (IR < 4) list every weight as a graph input too; make them plain initializers."""
+    inits = {t.name for t in proto.graph.initializer}
+    if not inits:
+        return
+    keep = [i for i in proto.graph.input if i.name not in inits]
+    if len(keep) != len(proto.graph.input):
+        proto.ir_version = max(proto.ir_version, 4)
+        del proto.graph.input[:]
+        proto.graph.input.extend(keep)
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = MIN_OPSET) -> onnx.ModelProto:
+    """Check, upgrade to ``min_opset`` and shape-infer a ModelProto. Raises ModelError with one line."""
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelError(f"{where}: not an ONNX model (no graph or no opset_import)")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelError(f"{where}: IR version {proto.ir_version} is newer than supported ({onnx.IR_VERSION})")
+    opset = _default_opset(proto)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelError(f"{where}: opset {opset} is newer than this onnx supports ({newest})")
+    _drop_initializer_inputs(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelError(f"{where}: invalid model: {_first_line(exc)}") from None
+    if 0 < opset < min_opset:
+        proto.ir_version = max(proto.ir_version, 7)
+        try:
+            upgraded = version_converter.convert_version(proto, min_opset)
+        except Exception as exc:  # the converter raises bare RuntimeErrors
+            raise ModelError(f"{where}: cannot upgrade opset {opset} to {min_opset}: {_first_line(exc)}") from None
+        upgraded.ir_version = max(upgraded.ir_version, proto.ir_version)
+        proto = upgraded
+    try:
+        proto = shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{where}: shape inference failed: {_first_line(exc)}") from None
+    return proto
+
+
+def load(path: str | os.PathLike, *, min_opset: int = MIN_OPSET) -> Model:
+    """Load, validate and normalize an ONNX file into a :class:`Model`."""
+    p = Path(path)
+    where = str(p)
+    if not p.is_file():
+        raise ModelError(f"{where}: no such file")
+    data = p.read_bytes()
+    if not data:
+        raise ModelError(f"{where}: empty file")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{where}: not an ONNX model (protobuf parse failed: {_first_line(exc)})") from None
+    _resolve_external_data(proto, p.parent, where)
+    proto = normalize(proto, where, min_opset=min_opset)
+    try:
+        return Model.from_onnx(proto, base_dir=p.parent)
+    except Exception as exc:
+        raise ModelError(f"{where}: cannot import graph: {_first_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------- saving
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, chunks) -> None:
+    """Write ``chunks`` (bytes or an iterable of bytes) to ``path`` via a temp file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(chunks, (bytes, bytearray, memoryview)):
+                fh.write(chunks)
+            else:
+                for chunk in chunks:
+                    fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or t.ByteSize() for t in external_data_helper._get_all_tensors(proto))
+
+
+def save(model: Model | onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Save atomically and deterministically.
+
+    External data (one ``<name>.data`` file beside the model) is used automatically when the weights approach the
+    2 GiB protobuf limit, or when ``external_data=True``.
+    """
+    p = Path(path)
+    proto = model.to_onnx() if isinstance(model, Model) else model
+    if external_data is None:
+        external_data = _weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    if not external_data:
+        atomic_write_bytes(p, proto.SerializeToString(deterministic=True))
+        return
+    data_name = p.name + ".data"
+    proto = _copy_proto(proto)
+    chunks: list[bytes] = []
+    offset = 0
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not tensor.HasField("raw_data"):
+            arr = numpy_helper.to_array(tensor)
+            if arr.nbytes < 1024:
+                continue
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), tensor.name))
+        raw = tensor.raw_data
+        if len(raw) < 1024:
+            continue
+        pad = (-offset) % 64  # aligned so the data can be memory-mapped
+        if pad:
+            chunks.append(b"\0" * pad)
+            offset += pad
+        external_data_helper.set_external_data(tensor, data_name, offset=offset, length=len(raw))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        chunks.append(bytes(raw))
+        tensor.ClearField("raw_data")
+        offset += len(raw)
+    atomic_write_bytes(p.with_name(data_name), chunks)
+    atomic_write_bytes(p, proto.SerializeToString(deterministic=True))
+
+
+def _copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out

@@ -1,0 +1,198 @@
+"""Cleanup passes: constant folding (never Q/DQ), Identity/Dropout removal, dead code, duplicate constants."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx.reference import ReferenceEvaluator
+
+from compress_graph.ir import graph as G
+from compress_graph.ir.model import Model
+from compress_graph.passes.base import Pass, PassContext, PassResult, option, register_pass
+
+#: Never folded: folding a weight's DequantizeLinear would store it in float again (4x larger, onnxsim #216).
+NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
+              "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
+
+
+def _const_inputs(node: gs.Node) -> list[np.ndarray | None] | None:
+    """Values of all inputs if every (non-empty) input is constant, else None."""
+    values: list[np.ndarray | None] = []
+    for t in node.inputs:
+        if t.name == "" and not isinstance(t, gs.Constant):
+            values.append(None)  # omitted optional input
+            continue
+        v = G.constant_value(t) if isinstance(t, gs.Constant) else None
+        if v is None:
+            return None
+        values.append(v)
+    return values
+
+
+def _static_shape(t: gs.Tensor) -> list[int] | None:
+    if t.shape is None or not all(isinstance(d, int) and d >= 0 for d in t.shape):
+        return None
+    return [int(d) for d in t.shape]
+
+
+def _evaluate(node: gs.Node, values: list, opset: int) -> list[np.ndarray] | None:
+    names = [f"i{k}" if v is not None else "" for k, v in enumerate(values)]
+    outs = [f"o{k}" for k in range(len(node.outputs))]
+    attrs = {}
+    for k, v in node.attrs.items():
+        if isinstance(v, gs.Constant):
+            v = onnx.numpy_helper.from_array(np.asarray(v.values), k)
+        elif isinstance(v, gs.Graph):
+            return None
+        attrs[k] = v
+    try:
+        proto = onnx.helper.make_node(node.op, names, outs, domain=node.domain or "", **attrs)
+        ev = ReferenceEvaluator(proto, opsets={"": opset})
+        feeds = {n: v for n, v in zip(names, values) if n}
+        return [np.asarray(r) for r in ev.run(None, feeds)]
+    except Exception:
+        return None
+
+
+def fold_constants(model: Model, max_growth_bytes: int = 1 << 24) -> dict[str, int]:
+    """Fold nodes whose inputs are all constant, and ``Shape``/``Size`` of statically shaped tensors.
+
+    One walk in topological order, so chains (Shape -> Gather -> Concat -> Reshape) fold in a single call. Outputs
+    larger than their inputs by more than ``max_growth_bytes`` (Expand/Tile/ConstantOfShape blow-ups) are left alone,
+    except ConstantOfShape feeding a weight input (old exports store weights that way).
+    """
+    G.toposort(model.graph)
+    folded = 0
+    shapes_folded = 0
+    for node in list(model.graph.nodes):
+        if node.op in NEVER_FOLD or (node.domain or "") not in ("", "ai.onnx") or not node.outputs:
+            continue
+        if any(G.is_graph_output(model.graph, t) for t in node.outputs):
+            continue
+        results = None
+        if node.op in ("Shape", "Size") and node.inputs:
+            shape = _static_shape(node.inputs[0])
+            if shape is not None:
+                if node.op == "Size":
+                    results = [np.array(int(np.prod(shape)), dtype=np.int64)]
+                else:
+                    start = node.attrs.get("start", 0)
+                    end = node.attrs.get("end", None)
+                    results = [np.array(shape[start:end] if end is not None else shape[start:], dtype=np.int64)]
+                shapes_folded += 1
+        if results is None:
+            values = _const_inputs(node)
+            if values is None:
+                continue
+            if node.op == "Constant":
+                results = _evaluate(node, [], model.opset)
+            else:
+                results = _evaluate(node, values, model.opset)
+            if results is None:
+                continue
+            in_bytes = sum(v.nbytes for v in values if v is not None)
+            out_bytes = sum(r.nbytes for r in results)
+            if out_bytes > in_bytes + max_growth_bytes and node.op != "ConstantOfShape":
+                continue
+        for out, value in zip(list(node.outputs), results):
+            # The constant keeps the tensor's name, so consumers see the same name, now constant.
+            name = out.name
+            out.name = model.unique_name(name + "__folded")
+            G.replace_tensor(out, gs.Constant(name, np.asarray(value)), model.graph)
+        G.detach(node)
+        folded += 1
+    if folded:
+        model.graph.nodes = [n for n in model.graph.nodes if n.outputs or n.inputs]
+    return {"folded": folded, "shapes_folded": shapes_folded}
+
+
+def eliminate_identity(model: Model) -> int:
+    """Remove Identity and inference-mode Dropout nodes by rewiring consumers to their input."""
+    removed = 0
+    graph = model.graph
+    for node in list(graph.nodes):
+        if node.op not in ("Identity", "Dropout") or not node.inputs or not node.outputs:
+            continue
+        if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
+            continue  # the mask is used
+        src, dst = node.inputs[0], node.outputs[0]
+        if G.is_graph_output(graph, dst):
+            if G.is_graph_output(graph, src) or any(t is src for t in graph.inputs) or isinstance(src, gs.Constant):
+                continue  # keep the output name without aliasing an input/constant
+            # the producer writes the output name directly
+            prod = G.producer(src)
+            if prod is None or len(src.outputs) != 1:
+                continue
+            G.detach(node)
+            idx = next(i for i, t in enumerate(prod.outputs) if t is src)
+            prod.outputs[idx] = dst
+        else:
+            G.replace_tensor(dst, src)
+            G.detach(node)
+        removed += 1
+    if removed:
+        graph.nodes = [n for n in graph.nodes if n.inputs or n.outputs]
+    return removed
+
+
+def eliminate_dead(model: Model) -> int:
+    removed = G.remove_dead(model.graph)
+    G.remove_unused_graph_inputs(model.graph)
+    return removed
+
+
+def dedupe_constants(model: Model, min_bytes: int = 0) -> int:
+    """Make nodes share one Constant where several hold identical values (same dtype, shape, bytes)."""
+    seen: dict[tuple, gs.Constant] = {}
+    merged = 0
+    for node in model.graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if not isinstance(t, gs.Constant):
+                continue
+            v = np.asarray(t.values)
+            if v.nbytes < min_bytes:
+                continue
+            key = (v.dtype.str, v.shape, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
+            first = seen.setdefault(key, t)
+            if first is not t:
+                node.inputs[i] = first
+                merged += 1
+    return merged
+
+
+@register_pass
+class FoldConstants(Pass):
+    name = "fold-constants"
+    description = "Fold constant subgraphs and static Shape/Size (never Quantize/DequantizeLinear)"
+
+    @dataclass
+    class Options:
+        max_growth_mb: float = option(16.0, "skip folds whose outputs exceed their inputs by more than this (MB)")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        stats = fold_constants(model, int(self.options.max_growth_mb * (1 << 20)))
+        dead = eliminate_dead(model) if stats["folded"] else 0
+        return PassResult(model, stats["folded"] > 0, {**stats, "dead_removed": dead})
+
+
+@register_pass
+class Cleanup(Pass):
+    name = "cleanup"
+    description = "Constant folding, Identity/Dropout removal, dead-node and duplicate-constant removal"
+
+    @dataclass
+    class Options:
+        fold: bool = option(True, "fold constant subgraphs and static shapes")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        stats = {"identity_removed": eliminate_identity(model)}
+        if self.options.fold:
+            stats.update(fold_constants(model))
+        stats["dead_removed"] = eliminate_dead(model)
+        stats["constants_merged"] = dedupe_constants(model)
+        modified = any(v for v in stats.values())
+        return PassResult(model, modified, stats)

@@ -1,0 +1,157 @@
+"""Calibration / sample data: .npz keyed by input name, a folder of .npy files, or seeded random inputs.
+
+Arrays hold samples along the batch axis, ``[N, *input_shape[1:]]``; they are fed in batches that fit the model's
+batch dimension (one sample at a time for a fixed batch of 1). Data is read lazily (``np.load(mmap_mode="r")``) so
+memory stays bounded by one batch whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compress_graph.ir.errors import ModelError, UsageError
+from compress_graph.ir.model import Model
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
+              "int32": np.int32, "uint8": np.uint8, "int8": np.int8, "bool": np.bool_}
+
+
+def input_specs(model: Model) -> list[tuple[str, list, np.dtype]]:
+    """(name, shape with symbolic dims as str/None, numpy dtype) for every real graph input."""
+    specs = []
+    for t in model.graph.inputs:
+        if isinstance(t, gs.Constant):
+            continue
+        dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
+        specs.append((t.name, list(t.shape) if t.shape is not None else None, dtype))
+    return specs
+
+
+def _batch_size(shape: list | None) -> int | None:
+    if not shape:
+        return None
+    first = shape[0]
+    return first if isinstance(first, int) and first > 0 else None
+
+
+class CalibData:
+    """Named arrays of samples; iterate with :meth:`batches` or take :meth:`samples`."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch: int = 1, source: str = "memory"):
+        if not arrays:
+            raise UsageError(f"calibration data {source}: no arrays")
+        counts = {len(a) for a in arrays.values()}
+        if len(counts) != 1:
+            raise UsageError(f"calibration data {source}: inputs have different sample counts {sorted(counts)}")
+        self.arrays = arrays
+        self.batch = max(1, int(batch))
+        self.source = source
+        self.count = counts.pop()
+
+    # --------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_path(cls, path, model: Model | None) -> CalibData:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"calibration data '{path}' not found")
+        if p.is_dir():
+            files = sorted(p.glob("*.npy"))
+            if not files:
+                raise UsageError(f"calibration folder '{path}' holds no .npy files")
+            names = [n for n, _, _ in input_specs(model)] if model is not None else []
+            by_name = {f.stem: f for f in files}
+            if names and all(n in by_name for n in names):
+                arrays = {n: np.load(by_name[n], mmap_mode="r") for n in names}
+            elif len(names) == 1:
+                arrays = {names[0]: _stack_samples(files, model)}
+            else:
+                raise UsageError(f"calibration folder '{path}': expected one .npy per model input named {names}")
+        elif p.suffix == ".npz":
+            try:
+                npz = np.load(p, mmap_mode="r")
+                arrays = {k: npz[k] for k in npz.files}
+            except Exception as exc:
+                raise UsageError(f"calibration data '{path}' is not a readable .npz: {exc}") from None
+        elif p.suffix == ".npy":
+            if model is None or len(input_specs(model)) != 1:
+                raise UsageError(f"calibration data '{path}': a single .npy needs a single-input model")
+            arrays = {input_specs(model)[0][0]: np.load(p, mmap_mode="r")}
+        else:
+            raise UsageError(f"calibration data '{path}': expected an .npz file or a folder of .npy files")
+        return cls.for_model(arrays, model, source=str(path))
+
+    @classmethod
+    def for_model(cls, arrays: dict[str, np.ndarray], model: Model | None, source: str = "memory") -> CalibData:
+        """Check ``arrays`` against the model's inputs (names, per-sample shapes) and pick the batch size."""
+        batch = 1
+        if model is not None:
+            specs = input_specs(model)
+            missing = [n for n, _, _ in specs if n not in arrays]
+            if missing:
+                raise UsageError(f"calibration data {source}: no array for model input(s) {missing}; "
+                                 f"has {sorted(arrays)}")
+            arrays = {n: arrays[n] for n, _, _ in specs}
+            for name, shape, _ in specs:
+                arr = arrays[name]
+                if shape is not None:
+                    want = shape[1:]
+                    got = list(arr.shape[1:])
+                    if len(want) != len(got) or any(isinstance(w, int) and w > 0 and w != g
+                                                    for w, g in zip(want, got)):
+                        raise UsageError(f"calibration data {source}: input '{name}' samples have shape {got}, "
+                                         f"model expects {want} (arrays are [N, *input_shape[1:]])")
+            fixed = {_batch_size(s) for _, s, _ in specs}
+            fixed.discard(None)
+            batch = fixed.pop() if len(fixed) == 1 else (1 if fixed else 8)
+        return cls(arrays, batch=batch, source=source)
+
+    @classmethod
+    def random(cls, model: Model, count: int = 8, seed: int = 0) -> CalibData:
+        """Seeded random inputs from the model's input shapes (standard normal floats, small non-negative ints)."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        batch = 1
+        for name, shape, dtype in input_specs(model):
+            if shape is None:
+                raise ModelError(f"input '{name}' has unknown rank; pass sample data with --calib")
+            dims = []
+            for i, d in enumerate(shape[1:] if shape else []):
+                if not (isinstance(d, int) and d > 0):
+                    raise ModelError(f"input '{name}' has a dynamic dimension {i + 1} ('{d}'); pass sample data "
+                                     "with --calib so shapes are known")
+                dims.append(d)
+            b = _batch_size(shape) if shape else 1
+            batch = b or 1
+            if np.issubdtype(dtype, np.floating):
+                arr = rng.standard_normal((count, *dims)).astype(dtype)
+            elif dtype == np.bool_:
+                arr = rng.integers(0, 2, (count, *dims)).astype(np.bool_)
+            else:
+                arr = rng.integers(0, 4, (count, *dims)).astype(dtype)
+            arrays[name] = arr if shape else arr.reshape(count)
+        return cls(arrays, batch=batch, source=f"random(seed={seed})")
+
+    # --------------------------------------------------------------------------------------------- access
+    def batches(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``self.batch`` samples each (the last one may be smaller only for dynamic batch models)."""
+        n = self.count if limit is None else min(self.count, limit)
+        for start in range(0, n - self.batch + 1 if self.batch > 1 else n, self.batch):
+            yield {k: np.ascontiguousarray(v[start:start + self.batch]) for k, v in self.arrays.items()}
+
+    def samples(self, n: int) -> list[dict[str, np.ndarray]]:
+        return list(self.batches(limit=n))
+
+    def num_batches(self, limit: int | None = None) -> int:
+        n = self.count if limit is None else min(self.count, limit)
+        return max(0, n // self.batch)
+
+
+def _stack_samples(files: list[Path], model: Model) -> np.ndarray:
+    arrays = [np.load(f) for f in files]
+    name, shape, _ = input_specs(model)[0]
+    rank = len(shape) if shape else arrays[0].ndim
+    return np.concatenate([a if a.ndim == rank else a[None] for a in arrays], axis=0)

@@ -1,0 +1,150 @@
+"""Instruments run around every pass: timing, verification against the original model, IR dumps, reproducers."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress_graph.ir import runtime
+from compress_graph.ir.io import save
+from compress_graph.ir.model import Model
+from compress_graph.passes.base import Pass, PassContext
+
+
+class Instrument:
+    def before_pass(self, index: int, p: Pass, model: Model, record: dict) -> None:
+        pass
+
+    def after_pass(self, index: int, p: Pass, model: Model, record: dict) -> None:
+        pass
+
+    def on_failure(self, index: int, p: Pass, model: Model, record: dict, exc: BaseException) -> None:
+        pass
+
+
+class Timing(Instrument):
+    def before_pass(self, index, p, model, record):
+        self._start = time.perf_counter()
+
+    def after_pass(self, index, p, model, record):
+        record["time_s"] = round(time.perf_counter() - self._start, 4)
+
+    def on_failure(self, index, p, model, record, exc):
+        self.after_pass(index, p, model, record)
+
+
+def compare_outputs(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """max-abs error, cosine similarity and (for [N, C] classifier-like outputs) top-1 agreement, per output."""
+    metrics: dict[str, Any] = {}
+    for name in reference[0]:
+        ref = np.concatenate([r[name].astype(np.float64).reshape(len(r[name]), -1) for r in reference])
+        got = np.concatenate([a[name].astype(np.float64).reshape(len(a[name]), -1) for a in actual])
+        if ref.shape != got.shape:
+            metrics[name] = {"error": f"shape changed {ref.shape} -> {got.shape}"}
+            continue
+        diff = np.abs(ref - got)
+        denom = np.linalg.norm(ref) * np.linalg.norm(got)
+        cos = float(np.dot(ref.ravel(), got.ravel()) / denom) if denom > 0 else float(np.allclose(ref, got))
+        m = {
+            "max_abs": float(diff.max()) if diff.size else 0.0,
+            "max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-12)) if diff.size else 0.0,
+            "cosine": round(cos, 8),
+        }
+        shape = reference[0][name].shape
+        if len(shape) == 2 and shape[1] > 1:
+            m["top1_agreement"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
+        metrics[name] = m
+    return metrics
+
+
+def worst(metrics: dict[str, Any]) -> dict[str, float]:
+    """The worst value of each metric over all outputs."""
+    out: dict[str, float] = {}
+    for m in metrics.values():
+        if "error" in m:
+            out["error"] = 1.0
+            continue
+        out["max_abs"] = max(out.get("max_abs", 0.0), m["max_abs"])
+        out["max_rel"] = max(out.get("max_rel", 0.0), m["max_rel"])
+        out["cosine"] = min(out.get("cosine", 1.0), m["cosine"])
+        if "top1_agreement" in m:
+            out["top1_agreement"] = min(out.get("top1_agreement", 1.0), m["top1_agreement"])
+    return out
+
+
+class Verify(Instrument):
+    """After each modifying pass: onnx.checker + onnxruntime run vs. the original model on sample inputs."""
+
+    def __init__(self, original: Model, ctx: PassContext, samples: int = 8):
+        import onnx
+
+        from compress_graph.passes.data import CalibData
+
+        self._onnx = onnx
+        data = ctx.calib_data(None, original)
+        if data is None:
+            data = CalibData.random(original, count=samples, seed=ctx.seed)
+        self.feeds = data.samples(samples)
+        sess = runtime.session(original)
+        self.reference = [runtime.run(sess, f) for f in self.feeds]
+        self.source = data.source
+
+    def after_pass(self, index, p, model, record):
+        if not record.get("modified"):
+            return
+        proto = model.to_onnx()
+        try:
+            self._onnx.checker.check_model(proto)
+        except Exception as exc:
+            record["verify"] = {"checker": f"failed: {str(exc).splitlines()[0]}"}
+            return
+        sess = runtime.session(proto)
+        names = [o.name for o in sess.get_outputs()]
+        actual = [runtime.run(sess, f, names) for f in self.feeds]
+        metrics = compare_outputs(self.reference, actual)
+        record["verify"] = {"checker": "ok", "samples": len(self.feeds), "data": self.source,
+                            "outputs": metrics, "worst": worst(metrics)}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
+
+
+class DumpIR(Instrument):
+    """Write the model after every pass as ``NNN_<pass>.onnx``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def after_pass(self, index, p, model, record):
+        path = self.folder / f"{index + 1:03d}_{_slug(p.name)}.onnx"
+        save(model, path)
+        record["dump"] = str(path)
+
+
+class Reproducer(Instrument):
+    """On a crash, save the pipeline text and the input model so the failure can be replayed."""
+
+    def __init__(self, original: Model, folder: Path | None, passes: list[Pass]):
+        self.original = original
+        self.folder = folder
+        self.passes = passes
+
+    def on_failure(self, index, p, model, record, exc):
+        from compress_graph.ir.errors import CompressGraphError
+
+        if self.folder is None or isinstance(exc, CompressGraphError):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save(self.original, self.folder / "input.onnx")
+        text = ",".join(q.text() for q in self.passes[: index + 1])
+        info = {"pipeline": text, "failed_pass": p.text(), "failed_pass_index": index,
+                "error": f"{type(exc).__name__}: {exc}",
+                "replay": f"compress-graph {self.folder / 'input.onnx'} --passes '{text}' -o OUT"}
+        (self.folder / "reproducer.json").write_text(json.dumps(info, indent=2) + "\n")
+        record["reproducer"] = str(self.folder)
