@@ -1,0 +1,1 @@
+"""The `lowrank` pass (package; modules are added as the pass lands)."""

@@ -1,0 +1,1 @@
+"""The `prune` pass (package; modules are added as the pass lands)."""

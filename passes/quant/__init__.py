@@ -1,0 +1,1 @@
+"""The `quant` pass (package; modules are added as the pass lands)."""
