@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import shape_inference
-
 from compress_graph.ir.model import Model
+from onnx import shape_inference
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
-
 from compress_graph.ir.errors import ModelError
 
 

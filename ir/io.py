@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
-
 from compress_graph.ir.errors import ModelError
 from compress_graph.ir.model import Model
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 
 #: Models below this default-domain opset are upgraded with onnx.version_converter on load. 13 is the first opset with
 #: per-axis QuantizeLinear/DequantizeLinear, which per-channel int8 weights need.

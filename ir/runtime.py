@@ -7,7 +7,6 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from compress_graph.ir.errors import ModelError
 from compress_graph.ir.model import Model
 

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx.reference import ReferenceEvaluator
-
 from compress_graph.ir import graph as G
 from compress_graph.ir.model import Model
 from compress_graph.passes.base import Pass, PassContext, PassResult, option, register_pass
+from onnx.reference import ReferenceEvaluator
 
 #: Never folded: folding a weight's DequantizeLinear would store it in float again (4x larger, onnxsim #216).
 NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
 from compress_graph.ir.errors import ModelError, UsageError
 from compress_graph.ir.model import Model
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
 from compress_graph.ir import graph as G
 from compress_graph.ir.model import Model
 from compress_graph.passes.base import Pass, PassContext, PassResult, option, register_pass

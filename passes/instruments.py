@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from compress_graph.ir import runtime
 from compress_graph.ir.io import save
 from compress_graph.ir.model import Model
@@ -25,6 +24,16 @@ class Instrument:
 
     def on_failure(self, index: int, p: Pass, model: Model, record: dict, exc: BaseException) -> None:
         pass
+
+
+class CostTracker(Instrument):
+    """Params / MACs / bytes after every modifying pass (what the per-pass table shows)."""
+
+    def after_pass(self, index, p, model, record):
+        from compress_graph.ir.cost import model_cost
+
+        if record.get("modified"):
+            record["after"] = model_cost(model).summary()
 
 
 class Timing(Instrument):
@@ -82,7 +91,6 @@ class Verify(Instrument):
 
     def __init__(self, original: Model, ctx: PassContext, samples: int = 8):
         import onnx
-
         from compress_graph.passes.data import CalibData
 
         self._onnx = onnx

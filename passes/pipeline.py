@@ -137,6 +137,7 @@ def run_pipeline(
     ctx.original = original
     active = list(instruments or [])
     active.insert(0, inst.Timing())
+    active.append(inst.CostTracker())
     if verify:
         active.append(inst.Verify(original, ctx))
     if dump_ir:
@@ -174,8 +175,9 @@ def run_pipeline(
         record["stats"] = _jsonable(result.stats)
         for ins in active:
             ins.after_pass(index, p, current, record)
+        record.setdefault("after", report["passes"][-1]["after"] if report["passes"] else report["before"])
         report["passes"].append(record)
-    report["after"] = cost_summary(current)
+    report["after"] = report["passes"][-1]["after"] if report["passes"] else report["before"]
     report["warnings"] = list(ctx.warnings)
     return current, report
 

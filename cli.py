@@ -1,0 +1,343 @@
+"""The `compress-graph` command: argument handling, output folder and exit codes only; no logic of its own.
+
+Exit codes: 0 success, 1 internal error (a bug; a reproducer is saved), 2 usage error, 3 invalid or unsupported
+model, 4 verification/accuracy budget exceeded (outputs still written), 5 target build/tune failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from compress_graph.ir.errors import CompressGraphError, UsageError, VerificationError
+
+OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "reproducer", "ir"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _echo(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+def _progress_hook(quiet: bool):
+    def hook(iterable, desc, total):
+        if quiet:
+            return iterable
+        return _ProgressIter(iterable, desc, total)
+
+    return hook
+
+
+class _ProgressIter:
+    """A progress bar on stderr (redrawn on a terminal, a few lines otherwise)."""
+
+    def __init__(self, iterable, desc, total):
+        self.iterable = iterable
+        self.desc = desc
+        self.total = total
+
+    def __iter__(self):
+        with click.progressbar(self.iterable, length=self.total, label=f"  {self.desc}", file=sys.stderr,
+                               show_pos=True) as bar:
+            yield from bar
+
+
+def _fmt_int(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _verify_cell(record: dict) -> str:
+    v = record.get("verify")
+    if not v:
+        return "-"
+    if v.get("checker") != "ok":
+        return str(v.get("checker"))
+    w = v.get("worst", {})
+    cell = f"cos={w.get('cosine', 1.0):.6f} max|d|={w.get('max_abs', 0.0):.3g}"
+    if "top1_agreement" in w:
+        cell += f" top1={w['top1_agreement']:.3f}"
+    return cell
+
+
+def format_table(report: dict) -> str:
+    rows = [("pass", "time", "params", "MACs", "bytes", "verify")]
+    b = report["before"]
+    rows.append(("(input)", "", _fmt_int(b["params"]), _fmt_int(b["macs"]), _fmt_int(b["bytes"]), ""))
+    for rec in report["passes"]:
+        a = rec.get("after", {})
+        rows.append((rec["text"], f"{rec.get('time_s', 0):.2f}s", _fmt_int(a.get("params")), _fmt_int(a.get("macs")),
+                     _fmt_int(a.get("bytes")), _verify_cell(rec)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _commit_output_dir(tmp: Path, out: Path) -> None:
+    """Move the finished temp folder into place; an existing output folder is replaced only if it holds only our
+    outputs (never a user's other files)."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"output path '{out}' exists and is not a folder")
+        entries = list(out.iterdir())
+        foreign = [e.name for e in entries if e.name not in OUR_OUTPUTS and not (e / "model.json").exists()]
+        if foreign:
+            raise UsageError(f"output folder '{out}' holds other files ({', '.join(sorted(foreign)[:3])}); "
+                             "use a new or empty folder")
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise UsageError("--config needs Python >= 3.11 (tomllib) or the tomli package") from None
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file '{path}' not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file '{path}': {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+# --------------------------------------------------------------------------------------------- click
+class DefaultGroup(click.Group):
+    """`compress-graph MODEL ...` runs the `run` command; `compress-graph passes|inspect` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="compress-graph")
+def cli() -> None:
+    """Compress ONNX vision models and compile them for edge devices.
+
+    \b
+      compress-graph model.onnx --passes fold-bn,prune,quant --target arm -o out/
+      compress-graph passes          # list passes and their options
+      compress-graph inspect MODEL   # params / MACs / bytes
+    """
+
+
+@cli.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--passes", "pipeline", help="Pipeline text, e.g. 'fold-bn,prune{ratio=0.3},quant'.")
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--target", help="Compile for a target: arm, armv7, jetson, mali, adreno, host (options: arm{cpu=...}).")
+@click.option("--calib", type=click.Path(), help="Calibration/sample data: .npz keyed by input name, or a .npy folder.")
+@click.option("--plugin", "plugins", multiple=True, help="Load passes from path/to/file.py or module:Class.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with these options.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare each pass's output with the original model in onnxruntime.")
+@click.option("--min-cosine", type=float, help="Fail (exit 4) when output cosine similarity drops below this.")
+@click.option("--max-abs-error", type=float, help="Fail (exit 4) when the max abs output error exceeds this.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the model after every pass here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample inputs and randomized passes.")
+@click.option("--tune", "tune_trials", type=int, default=0, show_default=True, help="MetaSchedule trials (0: none).")
+@click.option("--tuning-db", type=click.Path(file_okay=False), help="Tuning records folder to reuse / extend.")
+@click.option("--rpc", help="Tune/verify on a board through a TVM RPC tracker: host:port:key.")
+@click.option("--verify-target/--no-verify-target", default=False, help="Run the compiled library and compare.")
+@click.option("--time-budget", type=float, help="Tuning time budget in seconds.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Lower QDQ models to integer kernels.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or table on stderr.")
+@click.pass_context
+def run_cmd(ctx, model, pipeline, output, target, calib, plugins, config_file, verify, min_cosine, max_abs_error,
+            dump_ir, seed, tune_trials, tuning_db, rpc, verify_target, time_budget, int8, quiet):
+    """Compress MODEL with a pipeline of passes (and compile it with --target); write OUTPUT/model.onnx,
+    OUTPUT/report.json (and OUTPUT/<target>/)."""
+    config = _load_config(config_file)
+    params = dict(ctx.params)
+    for key, value in config.items():
+        if key not in params:
+            raise UsageError(f"config file '{config_file}': unknown option '{key}' (options: {', '.join(params)})")
+        if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+            params[key] = tuple(value) if key == "plugins" else value
+    _run(params)
+
+
+def _run(o: dict[str, Any]) -> None:
+    from compress_graph.ir import io
+    from compress_graph.passes import load_plugin, parse_pipeline, run_pipeline
+
+    quiet = o["quiet"]
+    if not o["output"]:
+        raise UsageError("missing -o/--output folder")
+    if o["pipeline"] is None:
+        raise UsageError("missing --passes (use '' for none)")
+    for spec in o["plugins"] or ():
+        load_plugin(spec)
+    passes = parse_pipeline(o["pipeline"])  # usage errors before any work
+    if o["target"]:
+        from compress_graph.targets import check_target_text
+
+        check_target_text(o["target"])
+    _echo(f"loading {o['model']}", quiet)
+    model = io.load(o["model"])
+    out = Path(o["output"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _echo(f"running {len(passes)} pass(es): {o['pipeline'] or '(none)'}", quiet)
+        result, report = run_pipeline(
+            model, passes, calib=o["calib"], verify=o["verify"], seed=o["seed"], dump_ir=o["dump_ir"],
+            reproducer_dir=out.parent / f"{out.name}.reproducer", progress_hook=_progress_hook(quiet),
+        )
+        io.save(result, tmp / "model.onnx")
+        failure = _check_budget(report, o["min_cosine"], o["max_abs_error"])
+        if o["target"]:
+            report["target"] = _build_target(result, o, tmp, quiet)
+        report["status"] = "budget_exceeded" if failure else "ok"
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+        _commit_output_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not quiet:
+        click.echo(format_table(report), err=True)
+        for w in report.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
+        click.echo(f"wrote {out / 'model.onnx'} and {out / 'report.json'}", err=True)
+    if failure:
+        raise VerificationError(failure)
+
+
+def _check_budget(report: dict, min_cosine: float | None, max_abs: float | None) -> str | None:
+    if min_cosine is None and max_abs is None:
+        return None
+    verified = [r for r in report["passes"] if r.get("verify", {}).get("worst")]
+    if not verified:
+        return None
+    worst = verified[-1]["verify"]["worst"]
+    if min_cosine is not None and worst.get("cosine", 1.0) < min_cosine:
+        return f"output cosine similarity {worst['cosine']:.6f} is below --min-cosine {min_cosine}"
+    if max_abs is not None and worst.get("max_abs", 0.0) > max_abs:
+        return f"max abs output error {worst['max_abs']:.6g} exceeds --max-abs-error {max_abs}"
+    return None
+
+
+def _build_target(model, o: dict[str, Any], out_tmp: Path, quiet: bool) -> dict:
+    from compress_graph.passes.data import CalibData
+    from compress_graph.targets import build_for_target
+
+    samples = None
+    if o["verify_target"]:
+        data = CalibData.from_path(o["calib"], model) if o["calib"] else CalibData.random(model, 2, o["seed"])
+        samples = data.samples(2)
+    _echo(f"building for target {o['target']}", quiet)
+    return build_for_target(
+        model.to_onnx(), o["target"], out_tmp, tune_trials=o["tune_trials"],
+        tuning_db=Path(o["tuning_db"]) if o["tuning_db"] else None, rpc=o["rpc"],
+        verify_target=o["verify_target"], sample_inputs=samples, time_budget_s=o["time_budget"],
+        int8=o["int8"], progress=None if quiet else (lambda s: _echo("  " + s)),
+    )
+
+
+@cli.command("passes")
+@click.option("--plugin", "plugins", multiple=True, help="Also load passes from these plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def passes_cmd(plugins, as_json):
+    """List registered passes and their options."""
+    from compress_graph.passes import REGISTRY, load_plugin
+
+    for spec in plugins:
+        load_plugin(spec)
+    items = [{"name": n, "description": c.description, "options": c.describe_options()} for n, c in REGISTRY.items()]
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+        return
+    for item in items:
+        click.echo(f"{item['name']}: {item['description']}")
+        for opt in item["options"]:
+            choices = f" [{'|'.join(opt['choices'])}]" if opt["choices"] else ""
+            click.echo(f"    {opt['name']} ({opt['type']}, default {opt['default']!r}){choices}: {opt['help']}")
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--top", type=int, default=10, show_default=True, help="Show the N nodes with the most MACs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_cmd(model, top, as_json):
+    """Print params, MACs and bytes of MODEL."""
+    from collections import Counter
+
+    from compress_graph.ir import io
+    from compress_graph.ir.cost import model_cost
+
+    m = io.load(model)
+    cost = model_cost(m)
+    ops = Counter(n.op for n in m.graph.nodes)
+    heavy = sorted(cost.per_node, key=lambda c: -c.macs)[:top]
+    if as_json:
+        click.echo(json.dumps({"summary": cost.summary(), "ops": dict(sorted(ops.items())),
+                               "top": [vars(c) for c in heavy]}, indent=2))
+        return
+    s = cost.summary()
+    click.echo(f"{model}: opset {m.opset}, {len(m.graph.nodes)} nodes")
+    click.echo(f"  params {_fmt_int(s['params'])}  MACs {_fmt_int(s['macs'])}  bytes {_fmt_int(s['bytes'])}")
+    click.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+    click.echo(f"  top {len(heavy)} by MACs:")
+    for c in heavy:
+        click.echo(f"    {c.name:40s} {c.op:18s} MACs {_fmt_int(c.macs):>8s}  params {_fmt_int(c.params):>8s}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps exceptions to one-line messages and exit codes (never a traceback for user errors)."""
+    try:
+        cli.main(args=argv, prog_name="compress-graph", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except CompressGraphError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("COMPRESS_GRAPH_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"internal error: {type(exc).__name__}: {msg} (set COMPRESS_GRAPH_DEBUG=1 for a traceback)",
+                   err=True)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
