@@ -174,11 +174,22 @@ def run_cmd(ctx, model, pipeline, output, target, calib, plugins, config_file, v
     OUTPUT/report.json (and OUTPUT/<target>/)."""
     config = _load_config(config_file)
     params = dict(ctx.params)
+    # config keys are the long option names (`passes`, `tune`, `tuning-db`, `plugin` or `plugins`, ...)
+    names: dict[str, str] = {}
+    for param in ctx.command.params:
+        if param.name in ("config_file", "model"):
+            continue
+        names[param.name] = param.name
+        for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", []):
+            if opt.startswith("--") and not opt.startswith("--no-"):
+                names[opt[2:].replace("-", "_")] = param.name
     for key, value in config.items():
-        if key not in params:
-            raise UsageError(f"config file '{config_file}': unknown option '{key}' (options: {', '.join(params)})")
-        if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
-            params[key] = tuple(value) if key == "plugins" else value
+        if key not in names:
+            raise UsageError(f"config file '{config_file}': unknown option '{key}' "
+                             f"(options: {', '.join(sorted(k for k in names if k == names[k] or '_' not in k))})")
+        name = names[key]
+        if ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None):
+            params[name] = tuple(value) if name == "plugins" and isinstance(value, list) else value
     _run(params)
 
 
