@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from compress_graph.ir.model import Model
-from onnx import shape_inference
+from compress_graph.ir.shapes import infer_shapes
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
@@ -131,9 +131,9 @@ def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
 
 def model_cost(model: Model | onnx.ModelProto) -> Cost:
     """Per-node and total cost. Shared constants count once in the totals."""
-    proto = model.to_onnx() if isinstance(model, Model) else model
+    proto = model.to_onnx(weights=False) if isinstance(model, Model) else model
     try:
-        proto = shape_inference.infer_shapes(proto, data_prop=True)
+        proto = infer_shapes(proto)
     except Exception:
         pass  # costs of nodes with unknown shapes stay 0
     shapes = _shape_map(proto)

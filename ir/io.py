@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 from compress_graph.ir.errors import ModelError
 from compress_graph.ir.model import Model
+from compress_graph.ir.shapes import infer_shapes
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
+from onnx import external_data_helper, numpy_helper, version_converter
 
 #: Models below this default-domain opset are upgraded with onnx.version_converter on load. 13 is the first opset with
 #: per-axis QuantizeLinear/DequantizeLinear, which per-channel int8 weights need.
@@ -99,7 +100,7 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
         upgraded.ir_version = max(upgraded.ir_version, proto.ir_version)
         proto = upgraded
     try:
-        proto = shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        proto = infer_shapes(proto, strict=True)
     except Exception as exc:
         raise ModelError(f"{where}: shape inference failed: {_first_line(exc)}") from None
     return proto

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -64,9 +65,15 @@ class Model:
             base_dir=base_dir,
         )
 
-    def to_onnx(self) -> onnx.ModelProto:
-        """Export to a ModelProto; deterministic for a given graph (node and tensor order are preserved)."""
+    def to_onnx(self, *, weights: bool = True) -> onnx.ModelProto:
+        """Export to a ModelProto; deterministic for a given graph (node and tensor order are preserved).
+
+        ``weights=False`` exports a skeleton: large constants keep name, dtype and shape but no data (for shape
+        inference and costing without copying the weights).
+        """
         self.graph.opset = self.opset
+        if not weights:
+            return self._skeleton()
         proto = gs.export_onnx(self.graph, do_type_check=False)
         del proto.opset_import[:]
         for domain in sorted(self.opset_imports):
@@ -84,10 +91,30 @@ class Model:
         proto.functions.extend(self.functions)
         return proto
 
+    def _skeleton(self) -> onnx.ModelProto:
+        swapped = []
+        for t in self.tensor_map().values():
+            if isinstance(t, gs.Constant) and getattr(t._values, "nbytes", 0) > SKELETON_MIN_BYTES:
+                stub = onnx.TensorProto(name=t.name, data_type=_onnx_dtype(t), dims=list(t.shape))
+                swapped.append((t, t._values))
+                t._values = gs.ir.tensor.LazyValues(stub)
+        try:
+            return self.to_onnx()
+        finally:
+            for t, values in swapped:
+                t._values = values
+
     def copy(self) -> Model:
-        """A deep copy (weights included)."""
-        other = Model.from_onnx(self.to_onnx(), base_dir=self.base_dir)
-        other.metadata = dict(self.metadata)
+        """A deep copy: new graph objects and new weight arrays (lazily loaded weights share their read-only
+        source)."""
+        graph = self.graph.copy()
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues):
+                t._values = np.array(t._values, copy=True)
+        other = Model(graph, opset_imports=self.opset_imports, ir_version=self.ir_version,
+                      producer_name=self.producer_name, producer_version=self.producer_version,
+                      metadata=self.metadata, functions=[_copy_function(f) for f in self.functions],
+                      base_dir=self.base_dir)
         other.annotations = copy.deepcopy(self.annotations)
         return other
 
@@ -141,6 +168,22 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model(nodes={len(self.graph.nodes)}, opset={self.opset}, inputs={[t.name for t in self.graph.inputs]})"
+
+
+SKELETON_MIN_BYTES = 4096
+
+
+def _onnx_dtype(t: gs.Constant) -> int:
+    values = t._values
+    if isinstance(values, gs.ir.tensor.LazyValues):
+        return values.tensor.data_type
+    return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype)
+
+
+def _copy_function(f: onnx.FunctionProto) -> onnx.FunctionProto:
+    out = onnx.FunctionProto()
+    out.CopyFrom(f)
+    return out
 
 
 def shallow_attrs(node: gs.Node) -> dict[str, Any]:
