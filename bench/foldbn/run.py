@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +130,7 @@ def main() -> None:
             rows.append({"tool": tool, "time_s": min(r[0] for r in runs), "peak_rss_mb": max(r[1] for r in runs),
                          "bn_left": bns, "nodes": len(out.graph.node)})
     base = rows[0]["time_s"]
-    print("| tool | time (s, best of %d) | x compress-graph | peak RSS (MB) | BN left | nodes |" % args.repeat)
+    print(f"| tool | time (s, best of {args.repeat}) | x compress-graph | peak RSS (MB) | BN left | nodes |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tool']} | {r['time_s']:.2f} | {r['time_s'] / base:.2f} | {r['peak_rss_mb']:.0f} | "
