@@ -62,6 +62,8 @@ def _verify_cell(record: dict) -> str:
     v = record.get("verify")
     if not v:
         return "-"
+    if "skipped" in v:
+        return "skipped"
     if v.get("checker") != "ok":
         return str(v.get("checker"))
     w = v.get("worst", {})

@@ -103,7 +103,29 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
         proto = infer_shapes(proto, strict=True)
     except Exception as exc:
         raise ModelError(f"{where}: shape inference failed: {_first_line(exc)}") from None
+    _check_weight_shapes(proto, where)
     return proto
+
+
+def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
+    """Catch what shape inference lets through: Conv weights whose channels do not match the input."""
+    dims: dict[str, list] = {}
+    for vi in list(proto.graph.input) + list(proto.graph.value_info):
+        shape = vi.type.tensor_type.shape
+        dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+    for init in proto.graph.initializer:
+        dims[init.name] = list(init.dims)
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            continue
+        x, w = dims.get(node.input[0]), dims.get(node.input[1])
+        if not x or not w or len(x) < 2 or x[1] is None or len(w) != len(x):
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+        expected = w[1] * group if node.op_type == "Conv" else w[0]
+        if expected != x[1]:
+            raise ModelError(f"{where}: node '{node.name or node.op_type}': weight {w} expects {expected} input "
+                             f"channels, input has {x[1]}")
 
 
 def load(path: str | os.PathLike, *, min_opset: int = MIN_OPSET) -> Model:

@@ -42,7 +42,11 @@ def session(
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict:
     names = outputs or [o.name for o in sess.get_outputs()]
-    values = sess.run(names, feeds)
+    try:
+        values = sess.run(names, feeds)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime failed to run the model: {msg}") from None
     return dict(zip(names, values))
 
 

@@ -30,6 +30,10 @@ def input_specs(model: Model) -> list[tuple[str, list, np.dtype]]:
     return specs
 
 
+class DynamicShapeError(ModelError):
+    """Random sample inputs cannot be made: an input has a dynamic non-batch dimension."""
+
+
 def _batch_size(shape: list | None) -> int | None:
     if not shape:
         return None
@@ -119,10 +123,13 @@ class CalibData:
                 raise ModelError(f"input '{name}' has unknown rank; pass sample data with --calib")
             dims = []
             for i, d in enumerate(shape[1:] if shape else []):
-                if not (isinstance(d, int) and d > 0):
-                    raise ModelError(f"input '{name}' has a dynamic dimension {i + 1} ('{d}'); pass sample data "
-                                     "with --calib so shapes are known")
+                if not (isinstance(d, int) and d >= 0):
+                    raise DynamicShapeError(f"input '{name}' has a dynamic dimension {i + 1} ('{d}'); pass sample "
+                                            "data with --calib so shapes are known")
                 dims.append(d)
+            if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+                raise ModelError(f"input '{name}' has dtype {dtype}; random sample inputs need numeric inputs "
+                                 "(pass --calib data or --no-verify)")
             b = _batch_size(shape) if shape else 1
             batch = b or 1
             if np.issubdtype(dtype, np.floating):

@@ -50,25 +50,33 @@ class Timing(Instrument):
 def compare_outputs(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """max-abs error, cosine similarity and (for [N, C] classifier-like outputs) top-1 agreement, per output."""
     metrics: dict[str, Any] = {}
-    for name in reference[0]:
-        ref = np.concatenate([r[name].astype(np.float64).reshape(len(r[name]), -1) for r in reference])
-        got = np.concatenate([a[name].astype(np.float64).reshape(len(a[name]), -1) for a in actual])
-        if ref.shape != got.shape:
-            metrics[name] = {"error": f"shape changed {ref.shape} -> {got.shape}"}
-            continue
-        diff = np.abs(ref - got)
-        denom = np.linalg.norm(ref) * np.linalg.norm(got)
-        cos = float(np.dot(ref.ravel(), got.ravel()) / denom) if denom > 0 else float(np.allclose(ref, got))
-        m = {
-            "max_abs": float(diff.max()) if diff.size else 0.0,
-            "max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-12)) if diff.size else 0.0,
-            "cosine": round(cos, 8),
-        }
-        shape = reference[0][name].shape
-        if len(shape) == 2 and shape[1] > 1:
-            m["top1_agreement"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
-        metrics[name] = m
+    with np.errstate(all="ignore"):  # NaN/Inf in a model's outputs are reported, not warned about
+        for name in reference[0]:
+            metrics[name] = _compare_one(name, reference, actual)
     return metrics
+
+
+def _compare_one(name: str, reference: list[dict], actual: list[dict]) -> dict[str, Any]:
+    first = np.asarray(reference[0][name])
+    if not (np.issubdtype(first.dtype, np.number) or first.dtype == np.bool_):
+        same = all(np.array_equal(r[name], a[name]) for r, a in zip(reference, actual))
+        return {"max_abs": 0.0 if same else float("inf"), "max_rel": 0.0 if same else float("inf"),
+                "cosine": 1.0 if same else 0.0}
+    ref = np.concatenate([np.asarray(r[name], np.float64).reshape(len(r[name]), -1) for r in reference])
+    got = np.concatenate([np.asarray(a[name], np.float64).reshape(len(a[name]), -1) for a in actual])
+    if ref.shape != got.shape:
+        return {"error": f"shape changed {ref.shape} -> {got.shape}"}
+    diff = np.abs(ref - got)
+    denom = np.linalg.norm(ref) * np.linalg.norm(got)
+    cos = float(np.dot(ref.ravel(), got.ravel()) / denom) if denom > 0 else float(np.allclose(ref, got))
+    m = {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-12)) if diff.size else 0.0,
+        "cosine": round(cos, 8),
+    }
+    if first.ndim == 2 and first.shape[1] > 1:
+        m["top1_agreement"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    return m
 
 
 def worst(metrics: dict[str, Any]) -> dict[str, float]:
@@ -91,12 +99,18 @@ class Verify(Instrument):
 
     def __init__(self, original: Model, ctx: PassContext, samples: int = 8):
         import onnx
-        from compress_graph.passes.data import CalibData
+        from compress_graph.passes.data import CalibData, DynamicShapeError
 
         self._onnx = onnx
+        self.skipped: str | None = None
         data = ctx.calib_data(None, original)
         if data is None:
-            data = CalibData.random(original, count=samples, seed=ctx.seed)
+            try:
+                data = CalibData.random(original, count=samples, seed=ctx.seed)
+            except DynamicShapeError as exc:
+                self.skipped = f"verification skipped: {exc}"
+                ctx.warn(self.skipped)
+                return
         self.feeds = data.samples(samples)
         sess = runtime.session(original)
         self.reference = [runtime.run(sess, f) for f in self.feeds]
@@ -104,6 +118,9 @@ class Verify(Instrument):
 
     def after_pass(self, index, p, model, record):
         if not record.get("modified"):
+            return
+        if self.skipped:
+            record["verify"] = {"skipped": self.skipped}
             return
         proto = model.to_onnx()
         try:
