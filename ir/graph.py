@@ -42,6 +42,26 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
 
+def subgraph_inputs(node: gs.Node) -> list[gs.Tensor]:
+    """Tensors read by nodes inside ``node``'s subgraphs (If/Loop/Scan bodies): implicit inputs of ``node``."""
+    out: list[gs.Tensor] = []
+    stack = [v for v in node.attrs.values() if isinstance(v, gs.Graph)]
+    stack += [g for v in node.attrs.values() if isinstance(v, list) for g in v if isinstance(g, gs.Graph)]
+    while stack:
+        sub = stack.pop()
+        for inner in sub.nodes:
+            out.extend(inner.inputs)
+            stack.extend(v for v in inner.attrs.values() if isinstance(v, gs.Graph))
+    return out
+
+
+def all_inputs(node: gs.Node) -> list[gs.Tensor]:
+    """Explicit inputs plus the outer-scope tensors its subgraphs read."""
+    if any(isinstance(v, (gs.Graph, list)) for v in node.attrs.values()):
+        return list(node.inputs) + subgraph_inputs(node)
+    return list(node.inputs)
+
+
 def toposort(graph: gs.Graph) -> None:
     """Sort ``graph.nodes`` topologically (Kahn's algorithm, stable w.r.t. the current order). O(nodes + edges).
 
@@ -53,7 +73,7 @@ def toposort(graph: gs.Graph) -> None:
     succ: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):
         seen: set[int] = set()
-        for t in node.inputs:
+        for t in all_inputs(node):
             for p in t.inputs:
                 j = index.get(id(p))
                 if j is not None and j not in seen:
@@ -89,7 +109,7 @@ def remove_dead(graph: gs.Graph) -> int:
         if id(node) in live:
             continue
         live.add(id(node))
-        for t in node.inputs:
+        for t in all_inputs(node):
             stack.extend(p for p in t.inputs if id(p) not in live)
     dead = [n for n in graph.nodes if id(n) not in live]
     for node in dead:

@@ -76,6 +76,11 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 0
 
 
+def _interface(proto: onnx.ModelProto) -> list[tuple[str, str]]:
+    inits = {t.name for t in proto.graph.initializer}
+    return [(v.name, str(v.type)) for v in list(proto.graph.input) + list(proto.graph.output) if v.name not in inits]
+
+
 def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = MIN_OPSET) -> onnx.ModelProto:
     """Check, upgrade to ``min_opset`` and shape-infer a ModelProto. Raises ModelError with one line."""
     if not proto.HasField("graph") or not proto.opset_import:
@@ -98,13 +103,49 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
         except Exception as exc:  # the converter raises bare RuntimeErrors
             raise ModelError(f"{where}: cannot upgrade opset {opset} to {min_opset}: {_first_line(exc)}") from None
         upgraded.ir_version = max(upgraded.ir_version, proto.ir_version)
+        if _interface(upgraded) != _interface(proto):
+            raise ModelError(f"{where}: upgrading opset {opset} to {min_opset} changes the model's inputs/outputs "
+                             "(old Scan/Loop semantics); re-export the model with opset >= 13")
         proto = upgraded
     try:
         proto = infer_shapes(proto, strict=True)
     except Exception as exc:
         raise ModelError(f"{where}: shape inference failed: {_first_line(exc)}") from None
+    _check_tensor_types(proto, where)
     _check_weight_shapes(proto, where)
+    _drop_control_flow_shapes(proto)
     return proto
+
+
+def _drop_control_flow_shapes(proto: onnx.ModelProto) -> None:
+    """ONNX shape inference merges If branches wrongly in places (a scalar from one branch becomes [1]); onnxruntime
+    then rejects the saved value_info. Keep no inferred shapes for control-flow outputs: runtimes infer them."""
+    outs = {o for n in proto.graph.node if n.op_type in ("If", "Loop", "Scan") for o in n.output}
+    if outs:
+        keep = [vi for vi in proto.graph.value_info if vi.name not in outs]
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(keep)
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def _check_tensor_types(proto: onnx.ModelProto, where: str) -> None:
+    """The IR (graphsurgeon) holds tensors only: refuse sequence / optional / map values with a clear message."""
+    for graph in _graphs(proto.graph):
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            kind = vi.type.WhichOneof("value")
+            if kind not in (None, "tensor_type"):
+                raise ModelError(f"{where}: value '{vi.name}' has a {kind.replace('_type', '')} type; only tensor "
+                                 "values are supported")
 
 
 def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
