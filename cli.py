@@ -1,21 +1,24 @@
 """The `compress-graph` command: argument handling, output folder and exit codes only; no logic of its own.
 
 Exit codes: 0 success, 1 internal error (a bug; a reproducer is saved), 2 usage error, 3 invalid or unsupported
-model, 4 verification/accuracy budget exceeded (outputs still written), 5 target build/tune failure.
+model, 4 verification/accuracy budget exceeded (outputs still written), 5 target build/tune failure, 6 --timeout or
+--pass-timeout exceeded (nothing written).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
-from compress_graph.ir.errors import CompressGraphError, UsageError, VerificationError
+from compress_graph.ir.errors import CompressGraphError, TimeoutExceeded, UsageError, VerificationError
 
 OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "reproducer", "ir"}
 
@@ -168,10 +171,13 @@ def cli() -> None:
 @click.option("--verify-target/--no-verify-target", default=False, help="Run the compiled library and compare.")
 @click.option("--time-budget", type=float, help="Tuning time budget in seconds.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Lower QDQ models to integer kernels.")
+@click.option("--timeout", type=float, help="Give up (exit 6, nothing written) after this many seconds.")
+@click.option("--pass-timeout", type=float, help="Give up (exit 6) when one pass runs longer than this.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or table on stderr.")
 @click.pass_context
 def run_cmd(ctx, model, pipeline, output, target, calib, plugins, config_file, verify, min_cosine, max_abs_error,
-            dump_ir, seed, tune_trials, tuning_db, rpc, verify_target, time_budget, int8, quiet):
+            dump_ir, seed, tune_trials, tuning_db, rpc, verify_target, time_budget, int8, timeout, pass_timeout,
+            quiet):
     """Compress MODEL with a pipeline of passes (and compile it with --target); write OUTPUT/model.onnx,
     OUTPUT/report.json (and OUTPUT/<target>/)."""
     config = _load_config(config_file)
@@ -192,7 +198,35 @@ def run_cmd(ctx, model, pipeline, output, target, calib, plugins, config_file, v
         name = names[key]
         if ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None):
             params[name] = tuple(value) if name == "plugins" and isinstance(value, list) else value
-    _run(params)
+    with _run_deadline(params["timeout"]):
+        _run(params)
+
+
+_EXPIRED: list[float] = []
+
+
+@contextlib.contextmanager
+def _run_deadline(seconds: float | None):
+    """Whole-run time limit: SIGALRM raises TimeoutExceeded wherever the run is; the temp output is removed."""
+    if not seconds:
+        yield
+        return
+    if seconds <= 0:
+        raise UsageError("--timeout must be positive")
+    import compress_graph.ir.io  # noqa: F401  (import before arming: an alarm inside an import breaks the module)
+    import compress_graph.passes  # noqa: F401
+
+    def expire(signum, frame):
+        _EXPIRED.append(seconds)
+        raise TimeoutExceeded(f"run exceeded --timeout {seconds:g}s; no output written")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _run(o: dict[str, Any]) -> None:
@@ -221,6 +255,7 @@ def _run(o: dict[str, Any]) -> None:
         result, report = run_pipeline(
             model, passes, calib=o["calib"], verify=o["verify"], seed=o["seed"], dump_ir=o["dump_ir"],
             reproducer_dir=out.parent / f"{out.name}.reproducer", progress_hook=_progress_hook(quiet),
+            pass_timeout=o["pass_timeout"],
         )
         io.save(result, tmp / "model.onnx")
         failure = _check_budget(report, o["min_cosine"], o["max_abs_error"])
@@ -340,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug: one line, the traceback only on request
+        if _EXPIRED:  # the alarm fired inside code that wrapped it (an import, a C extension callback)
+            click.echo(f"error: run exceeded --timeout {_EXPIRED[-1]:g}s; no output written", err=True)
+            return TimeoutExceeded.exit_code
         if os.environ.get("COMPRESS_GRAPH_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -32,3 +32,9 @@ class TargetError(CompressGraphError):
     """Target build or tuning failed (exit 5)."""
 
     exit_code = 5
+
+
+class TimeoutExceeded(CompressGraphError):
+    """The run or a pass exceeded its --timeout / --pass-timeout (exit 6); nothing is written."""
+
+    exit_code = 6

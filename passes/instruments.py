@@ -26,6 +26,42 @@ class Instrument:
         pass
 
 
+class Deadline(Instrument):
+    """Per-pass time limit (SIGALRM; main thread only): a pass over ``seconds`` raises TimeoutExceeded."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def before_pass(self, index, p, model, record):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def expire(signum, frame):
+            from compress_graph.ir.errors import TimeoutExceeded
+
+            raise TimeoutExceeded(f"pass '{p.name}' exceeded --pass-timeout {self.seconds:g}s")
+
+        self._previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def _disarm(self):
+        import signal
+
+        if hasattr(self, "_previous"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+            del self._previous
+
+    def after_pass(self, index, p, model, record):
+        self._disarm()
+
+    def on_failure(self, index, p, model, record, exc):
+        self._disarm()
+
+
 class CostTracker(Instrument):
     """Params / MACs / bytes after every modifying pass (what the per-pass table shows)."""
 

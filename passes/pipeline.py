@@ -121,6 +121,7 @@ def run_pipeline(
     reproducer_dir: str | Path | None = None,
     instruments: list | None = None,
     progress_hook=None,
+    pass_timeout: float | None = None,
     ctx: PassContext | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Run the passes in order with instruments around each; return the new model and the report dict.
@@ -137,6 +138,8 @@ def run_pipeline(
     ctx.original = original
     active = list(instruments or [])
     active.insert(0, inst.Timing())
+    if pass_timeout:
+        active.insert(0, inst.Deadline(pass_timeout))
     active.append(inst.CostTracker())
     if verify:
         active.append(inst.Verify(original, ctx))
