@@ -9,7 +9,6 @@ import time
 import onnx
 import pytest
 from cg_testutil import MODELS
-
 from compress_graph.passes import REGISTRY
 
 YOLO = str(MODELS / "yolo_s.onnx")
