@@ -1,0 +1,58 @@
+"""Compile a (compressed) ONNX model with Apache TVM for ARM CPUs and edge GPUs: ``build_for_target``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from compress_graph.targets import arm, armv7, host, jetson, opencl
+from compress_graph.targets.base import Option, TargetSpec, parse_target
+
+REGISTRY: dict[str, Any] = {m.NAME: m for m in (arm, armv7, jetson, opencl.MALI, opencl.ADRENO, host)}
+
+__all__ = ["REGISTRY", "Option", "TargetSpec", "build_for_target", "list_targets", "parse_target", "onnx_passes"]
+
+
+def list_targets() -> list[dict[str, Any]]:
+    """Name, description, options (default, help, choices) and wanted ONNX passes of every target."""
+    return [{"name": m.NAME, "description": m.DESCRIPTION, "onnx_passes": list(m.ONNX_PASSES),
+             "options": {k: {"default": o.default, "help": o.help, "choices": list(o.choices)}
+                         for k, o in m.OPTIONS.items()}} for m in REGISTRY.values()]
+
+
+def onnx_passes(target_text: str) -> list[str]:
+    """ONNX-side passes the target wants run before import (the CLI runs them; unknown names are its concern)."""
+    return list(parse_target(target_text, REGISTRY).module.ONNX_PASSES)
+
+
+def build_for_target(onnx_model: onnx.ModelProto, target_text: str, out_dir: Path, *, tune_trials: int = 0,
+                     tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
+                     sample_inputs: list[dict[str, np.ndarray]] | None = None,
+                     time_budget_s: float | None = None, progress=None, int8: bool = True) -> dict[str, Any]:
+    """Build ``onnx_model`` for ``target_text`` into ``out_dir/<target>/`` (model.so, model.json, tuning/).
+
+    Returns the report section. Raises UsageError (exit 2) for an unknown target/option and TargetError (exit 5)
+    when import, tuning or build fails. A failed on-target comparison is *not* raised: it is reported as
+    ``section["verification"]["status"] == "failed"`` so the caller can write the report, then exit 4.
+    ``int8``: lower QDQ models to integer kernels on CPU targets (targets/int8); off = float fake-quant.
+    """
+    from compress_graph.ir.errors import UsageError
+    from compress_graph.targets.build import build
+
+    spec = parse_target(target_text, REGISTRY)
+    if tune_trials < 0:
+        raise UsageError("--tune must be >= 0")
+    if rpc:
+        from compress_graph.targets.runners import parse_rpc
+
+        parse_rpc(rpc)
+    elif tune_trials > 0 and spec.name not in ("host",):
+        from compress_graph.ir.errors import TargetError
+
+        raise TargetError(f"tuning for '{spec.name}' measures on the device: pass --rpc tracker_host:port:key "
+                          "(a board, or a qemu/board RPC server registered at the tracker)")
+    return build(spec, onnx_model, Path(out_dir), tune_trials=tune_trials, tuning_db=tuning_db, rpc=rpc,
+                 verify_target=verify_target, sample_inputs=sample_inputs, time_budget_s=time_budget_s,
+                 progress=progress, int8=int8)

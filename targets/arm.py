@@ -1,0 +1,53 @@
+"""aarch64 Linux with NEON (Cortex-A53/A55/A72/A76 boards: Raspberry Pi 3/4/5, RK35xx, i.MX8, Jetson CPUs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress_graph.targets.base import Option, int_option
+
+NAME = "arm"
+DESCRIPTION = "aarch64 Linux CPU with NEON (default Cortex-A72 class)"
+DEVICE = "cpu"
+ELF_MACHINE = "AArch64"
+ONNX_PASSES = ("fold-constants", "cleanup")
+TRIPLE = "aarch64-linux-gnu"
+COMPILER = "aarch64-linux-gnu-g++"
+# Cortex-A55/A76 are Armv8.2-A: int8 dot products (sdot) are available and used by int8 schedules.
+_MATTR = {
+    "cortex-a53": ["+neon"],
+    "cortex-a72": ["+neon"],
+    "cortex-a55": ["+neon", "+v8.2a", "+dotprod", "+fullfp16"],
+    "cortex-a76": ["+neon", "+v8.2a", "+dotprod", "+fullfp16"],
+}
+OPTIONS = {
+    "cpu": Option("cortex-a72", "CPU core the code is tuned and compiled for", tuple(_MATTR)),
+    "cores": Option("4", "threads the library runs with on the board (TVM num-cores)"),
+    "schedule": Option("sample", "kernels without tuning records: one seeded MetaSchedule sample (sample) or "
+                       "TVM's unscheduled loop nests (none)", ("sample", "none")),
+    "fastmath": Option("on", "LLVM fast-math (faster exp/sigmoid, reassociated sums; error ~1e-6)", ("on", "off")),
+}
+
+
+def tvm_target(options: dict[str, str]):
+    import tvm
+
+    return tvm.target.Target({
+        "kind": "llvm", "mtriple": TRIPLE, "mcpu": options["cpu"], "mattr": _MATTR[options["cpu"]],
+        "num-cores": int_option(options, "cores", NAME), "fast-math": options["fastmath"] == "on",
+    })
+
+
+def cross_compiler(options: dict[str, str]):
+    from compress_graph.targets.toolchain import cross_compiler as make
+
+    return make(COMPILER)
+
+
+def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, workdir=None) -> dict[str, Any]:
+    """Run the library on the board through RPC when given, else under qemu-aarch64 with the prepared sysroot."""
+    from compress_graph.targets import runners
+
+    if rpc:
+        return runners.run_rpc(lib_path, feeds, rpc, device="cpu")
+    return runners.run_qemu(lib_path, feeds, arch="aarch64", workdir=workdir)

@@ -1,0 +1,303 @@
+"""ONNX model -> deployable TVM library for one target: import, (tune), schedule, build, export, check, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from compress_graph.ir.errors import TargetError
+from compress_graph.targets import frontend, schedule, toolchain, tuning
+from compress_graph.targets.base import TargetSpec
+
+LIB_NAME = "model.so"
+ATOL = RTOL = 1e-4
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[-1])[:300]
+
+
+def prepare(mod, target):
+    """Legalize and fuse: the form MetaSchedule tunes and its database keys on (workload hashes must match)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero")])(mod)
+
+
+def apply_database(mod, target, db_dir: Path):
+    import tvm
+    from tvm import relax
+
+    with target, tuning.database(db_dir), tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str) -> tuple[dict[str, Any], float]:
+    """QDQ models on CPU targets: integer kernels via targets/int8 (issue 8). Returns its stats (with the new
+    module under "module") and the comparison tolerance it implies: one output quantization step, since
+    integer requantization and onnxruntime's QDQ arithmetic may round the last step differently."""
+    if device != "cpu":
+        return {}, 0.0
+    from compress_graph.targets import int8 as int8_lowering
+
+    if not int8_lowering.has_qdq(mod):
+        return {}, 0.0
+    from compress_graph.targets.int8.build import prepare_for_tuning
+
+    try:
+        lowered, stats = int8_lowering.lower_qdq(mod, target)
+        prepare_for_tuning(target)  # VNNI intrinsic fix, before MetaSchedule (sampling or tuning) sees the target
+    except Exception as exc:
+        raise TargetError(f"int8 lowering for {target.kind.name} failed: {_first_line(exc)}") from None
+    scales = [s for s in _output_scales(onnx_model) if s == s]  # drop NaN (outputs not from DequantizeLinear)
+    return {**stats, "module": lowered}, 1.001 * max(scales, default=0.0)
+
+
+def _output_scales(model: onnx.ModelProto) -> list[float]:
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    scales = []
+    for out in model.graph.output:
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            scales.append(float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1).max()))
+        else:
+            scales.append(float("nan"))
+    return scales
+
+
+def _device_code(executable, device: str) -> dict[str, Any]:
+    """What device code the executable carries (GPU builds without a device module silently run on the host)."""
+    from compress_graph.targets.cuda_aot import _walk
+
+    mods = [m for m in _walk(executable.mod) if m.kind == device]
+    if not mods:
+        raise TargetError(f"the {device} build produced no {device} device code (kernels fell back to the host)")
+    source = "\n".join(m.inspect_source() for m in mods)
+    pattern = r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)" if device == "cuda" else \
+        r"__kernel\s+void\s+(\w+)"
+    kernels = sorted(set(re.findall(pattern, source)))
+    return {"kind": device, "kernels": len(kernels), "source": source}
+
+
+def random_feeds(inputs: list[frontend.TensorSig], n: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        feed = {}
+        for s in inputs:
+            if np.issubdtype(np.dtype(s.dtype), np.floating):
+                feed[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+            else:
+                feed[s.name] = rng.integers(0, 10, s.shape).astype(s.dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def compare(onnx_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], got: list[list[np.ndarray]],
+            outputs: list[frontend.TensorSig], atol: float = ATOL) -> dict[str, Any]:
+    """Max abs/rel error against onnxruntime; passes when every element satisfies |a-b| <= atol + RTOL*|b|."""
+    from compress_graph.ir import runtime
+
+    sess = runtime.session(onnx_model)
+    worst_abs = worst_rel = 0.0
+    ok = True
+    per_output = {o.name: 0.0 for o in outputs}
+    for feed, values in zip(feeds, got):
+        ref = sess.run([o.name for o in outputs], feed)
+        if len(values) != len(ref):
+            raise TargetError(f"the library returned {len(values)} outputs, the ONNX model {len(ref)}")
+        for sig, a, b in zip(outputs, values, ref):
+            a = np.asarray(a, dtype=np.float64).reshape(b.shape)
+            diff = np.abs(a - b)
+            worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
+            worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(b), 1e-12)).max(initial=0.0)))
+            per_output[sig.name] = max(per_output[sig.name], float(diff.max(initial=0.0)))
+            ok = ok and bool(np.all(diff <= atol + RTOL * np.abs(b)))
+    return {"status": "passed" if ok else "failed", "samples": len(feeds), "max_abs_err": worst_abs,
+            "max_rel_err": worst_rel, "per_output_max_abs_err": per_output, "atol": atol, "rtol": RTOL}
+
+
+def jsonable(value):
+    """TVM containers (Map, Array, Target, IntImm, String) -> plain JSON values, e.g. for ``target.export()``."""
+    import tvm
+
+    if isinstance(value, tvm.target.Target):
+        return jsonable(value.export())
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ in ("Array", "List"):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "value"):  # IntImm / FloatImm
+        return value.value
+    return str(value)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("compress-graph", "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        import tvm
+
+        out["llvm"] = str(tvm.support.libinfo().get("LLVM_VERSION", "unknown"))
+    except Exception:  # noqa: BLE001 - informational
+        pass
+    return out
+
+
+def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_trials: int = 0,
+          tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
+          sample_inputs: list[dict[str, np.ndarray]] | None = None, time_budget_s: float | None = None,
+          progress=None, int8: bool = True) -> dict[str, Any]:
+    import tvm
+    from tvm import relax
+
+    say = progress or (lambda _msg: None)
+    module, options = spec.module, spec.options
+    target = module.tvm_target(options)
+    fcompile = module.cross_compiler(options) or toolchain.host_compiler()
+    out = Path(out_dir) / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    inputs, outputs = frontend.signature(onnx_model)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    say(f"{spec.text()}: importing the ONNX model into TVM Relax")
+    mod = frontend.to_relax(onnx_model)
+    int8_report, int8_atol = _lower_int8(mod, target, onnx_model, module.DEVICE) if int8 else ({}, 0.0)
+    if int8_report.get("converted"):
+        mod = int8_report.pop("module")
+        say(f"{spec.text()}: QDQ lowered to integer ops ({int8_report['converted']} converted, "
+            f"{int8_report['float']} left in float)")
+    int8_report.pop("module", None)
+    try:
+        mod = prepare(mod, target)
+    except Exception as exc:
+        raise TargetError(f"TVM could not lower the model for {spec.name}: {_first_line(exc)}") from None
+    timings["import_s"] = round(time.monotonic() - t0, 2)
+
+    db_dir = Path(tuning_db) if tuning_db else out / "tuning"
+    tune_report: dict[str, Any] = {"trials_per_task": tune_trials, "db": str(db_dir)}
+    if tune_trials > 0:
+        compiler = getattr(module, "COMPILER", None)
+        tune_report.update(tuning.tune(mod, target, db_dir, tune_trials, rpc=rpc, compiler=compiler,
+                                       time_budget_s=time_budget_s, progress=say))
+    elif tuning_db is not None and not tuning.has_records(db_dir):
+        raise TargetError(f"--tuning-db {db_dir}: no MetaSchedule records there (database_tuning_record.json)")
+    timings["tune_s"] = round(max(0.0, time.monotonic() - t0 - timings["import_s"]), 2)
+
+    t1 = time.monotonic()
+    if tuning.has_records(db_dir):
+        mod = apply_database(mod, target, db_dir)
+        if tuning_db is not None and db_dir.resolve() != (out / "tuning").resolve():
+            (out / "tuning").mkdir(exist_ok=True)
+            for f in ("database_workload.json", "database_tuning_record.json"):
+                shutil.copyfile(db_dir / f, out / "tuning" / f)
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    tuned = sum(1 for f in kernels if schedule._is_scheduled(f))
+    sched_report: dict[str, Any] = {"kernels": len(kernels), "from_tuning_records": tuned}
+    if module.DEVICE == "cpu" and options.get("schedule", "sample") == "none":
+        sched_report.update(default="none (unscheduled loop nests)")
+    elif module.DEVICE == "cpu":
+        stats = schedule.sample_default_schedules(mod, target)
+        sched_report.update(default="metaschedule-sample (seeded, unmeasured)", sampled=stats["sampled"],
+                            unscheduled=stats["left_unscheduled"])
+    else:
+        sched_report.update(default="dlight GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback)")
+    say(f"{spec.text()}: building ({tuned}/{len(kernels)} kernels from tuning records)")
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            executable = relax.build(mod, target)
+    except Exception as exc:
+        raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc)}") from None
+
+    lib = out / LIB_NAME
+    device_info: dict[str, Any] = {}
+    pack = None
+    if module.DEVICE != "cpu":
+        code = _device_code(executable, module.DEVICE)
+        ext = "cu" if module.DEVICE == "cuda" else "cl"
+        (out / f"kernels.{ext}").write_text(code.pop("source"))
+        device_info = code
+        if module.DEVICE == "cuda":
+            from compress_graph.targets import cuda_aot
+
+            fmt = options.get("format", "cubin")
+            pack = cuda_aot.aot_packer(options["arch"], fmt) if fmt != "source" else None
+            device_info.update(format=fmt, arch=options["arch"], cuda_version=cuda_aot.cuda_version())
+    tmp = lib.with_name(lib.name + ".tmp")
+    workspace = out / ".build"
+    try:
+        shutil.rmtree(workspace, ignore_errors=True)
+        workspace.mkdir()
+        executable.mod.export_library(str(tmp), fcompile=fcompile, fpack_imports=pack, workspace_dir=str(workspace))
+        tmp.replace(lib)
+    except TargetError:
+        raise
+    except Exception as exc:
+        raise TargetError(f"linking the {spec.name} library failed: {_first_line(exc)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(workspace, ignore_errors=True)
+    machine = toolchain.elf_machine(lib)
+    if module.ELF_MACHINE and machine != module.ELF_MACHINE:
+        raise TargetError(f"{lib} is a {machine or 'non-ELF'} file, expected an {module.ELF_MACHINE} ELF library")
+    timings["build_s"] = round(time.monotonic() - t1, 2)
+
+    verification: dict[str, Any] = {"status": "not requested"}
+    if verify_target:
+        feeds = sample_inputs or random_feeds(inputs)
+        ordered = [[np.asarray(f[s.name], dtype=s.dtype) for s in inputs] for f in feeds]
+        say(f"{spec.text()}: verifying the library against onnxruntime")
+        t2 = time.monotonic()
+        ran = module.verify(lib, ordered, options, rpc=rpc, workdir=out)
+        if "skipped" in ran:
+            verification = {"status": "skipped", "method": ran["method"], "reason": ran["skipped"]}
+        else:
+            verification = {"method": ran["method"],
+                            **compare(onnx_model, feeds, ran["outputs"], outputs, atol=max(ATOL, int8_atol))}
+        timings["verify_s"] = round(time.monotonic() - t2, 2)
+
+    target_json = jsonable(target)
+    meta = {
+        "format": "compress-graph tvm artifact v1",
+        "target": spec.name, "target_text": spec.text(), "options": options, "tvm_target": target_json,
+        "library": LIB_NAME, "library_sha256": sha256(lib), "elf_machine": machine,
+        "source_onnx_sha256": hashlib.sha256(onnx_model.SerializeToString(deterministic=True)).hexdigest(),
+        "inputs": [s.as_json() for s in inputs], "outputs": [s.as_json() for s in outputs],
+        "entry": "main", "device": module.DEVICE, "device_code": device_info,
+        "schedule": sched_report, "tuning_records": "tuning/" if tuning.has_records(out / "tuning") else None,
+        "versions": versions(),
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    return {
+        "target": spec.name, "target_text": spec.text(), "out_dir": str(out), "library": str(lib),
+        "model_json": str(out / "model.json"), "library_sha256": meta["library_sha256"], "elf_machine": machine,
+        "tvm_target": target_json, "schedule": sched_report, "tuning": tune_report, "device_code": device_info,
+        "verification": verification, "timings": timings, **({"int8": int8_report} if int8_report else {}),
+    }

@@ -1,0 +1,65 @@
+"""ONNX -> TVM Relax, with the failure modes turned into one-line TargetErrors that name the ONNX ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from compress_graph.ir.errors import TargetError
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def _sig(value_info: onnx.ValueInfoProto, what: str) -> TensorSig:
+    ttype = value_info.type.tensor_type
+    dims = []
+    for d in ttype.shape.dim:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise TargetError(f"{what} '{value_info.name}' has a dynamic shape; TVM targets need static shapes "
+                              "(set them on the ONNX model first)")
+        dims.append(d.dim_value)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
+    return TensorSig(value_info.name, tuple(dims), dtype)
+
+
+def signature(model: onnx.ModelProto) -> tuple[list[TensorSig], list[TensorSig]]:
+    """Graph inputs (initializers excluded) and outputs with their static shapes and numpy dtype names."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [_sig(v, "input") for v in model.graph.input if v.name not in inits]
+    outputs = [_sig(v, "output") for v in model.graph.output]
+    return inputs, outputs
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """ONNX op types (default domain and com.microsoft alike) the Relax ONNX importer has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    ops = dict.fromkeys(n.op_type for n in model.graph.node)
+    return [op for op in ops if op not in known]
+
+
+def to_relax(model: onnx.ModelProto):
+    """Import with static input shapes and the weights as constants (so they fold and bind at build time)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = unsupported_ops(model)
+    if missing:
+        raise TargetError(f"the TVM ONNX importer lacks these ops: {', '.join(missing)}")
+    inputs, _ = signature(model)
+    shape_dict = {s.name: list(s.shape) for s in inputs}
+    dtype_dict = {s.name: s.dtype for s in inputs}
+    try:
+        return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+    except Exception as exc:  # the importer raises many exception types, all meaning "cannot import"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise TargetError(f"TVM could not import the ONNX model: {first[:300]}") from None

@@ -1,0 +1,86 @@
+"""A usable CPU default without tuning records: one MetaSchedule design-space sample per kernel, no measurement.
+
+Why: ``relax.build`` leaves CPU kernels unscheduled (plain loop nests), and TVM's rule-based CPU schedules
+(``s_tir.dlight.cpu``: GEMV, Reduction) only parallelize the outer loop. MetaSchedule's CPU design space
+(multi-level tiling with cache-write, parallel/vectorize/unroll annotations) contains much better programs, and
+any valid point of it is usually several times faster than the unscheduled loop nest. Sampling one point per
+kernel with a fixed seed needs no board and no timing runs, so it works for cross targets too, and the same
+model and seed always give the same program (reproducible libraries). Measured numbers: bench/tvm/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEED = 20240611
+SCHEDULED_ATTR = "tirx.is_scheduled"  # set by MetaScheduleApplyDatabase; TVM skips re-scheduling such kernels
+ATTEMPTS = 8  # samples tried per kernel until one passes MetaSchedule's post-processors
+
+
+def light_tensor_intrinsics(device: str = "cpu") -> None:
+    """Register only the tensor intrinsics ``device`` can use before MetaSchedule asks for all of them.
+
+    ``TuneContext`` runs ``import tvm.s_tir.tensor_intrin``, which registers every backend's intrinsics and takes
+    ~25 s (CUDA alone ~18 s) -- longer than scheduling a whole small model. We register the package module first
+    with only the CPU (x86, Arm) or CUDA submodules loaded, so that import becomes a no-op.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        package = importlib.util.module_from_spec(spec)  # not executed: its __init__ imports every backend
+        sys.modules[name] = package
+    for sub in ("x86", "arm_cpu") if device == "cpu" else ("cuda",) if device == "cuda" else ():
+        importlib.import_module(f"{name}.{sub}")
+
+
+def _is_scheduled(func) -> bool:
+    attrs = func.attrs
+    return attrs is not None and any(k in attrs and bool(attrs[k]) for k in (SCHEDULED_ATTR, "tir.is_scheduled"))
+
+
+def sample_default_schedules(mod, target, *, seed: int = SEED, progress=None) -> dict[str, Any]:
+    """Schedule, in place, every not-yet-scheduled PrimFunc of ``mod``; return counts for the report."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    light_tensor_intrinsics("cpu")
+    stats = {"kernels": 0, "sampled": 0, "left_unscheduled": []}
+    funcs = sorted(((gv.name_hint, gv, f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)),
+                   key=lambda item: item[0])
+    for name, gv, func in funcs:
+        if _is_scheduled(func):
+            continue
+        stats["kernels"] += 1
+        task = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        ctx = ms.TuneContext(mod=task, target=target, space_generator="post-order-apply",
+                             search_strategy="replay-trace", task_name=name, rand_state=seed, num_threads=1)
+        try:
+            spaces = ctx.generate_design_space()
+        except Exception:  # noqa: BLE001 - a kernel MetaSchedule cannot handle keeps its plain schedule
+            stats["left_unscheduled"].append(name)
+            continue
+        postprocs = list(ctx.space_generator.postprocs)
+        chosen = None
+        for attempt in range(ATTEMPTS):
+            trace = spaces[attempt % len(spaces)].trace.simplified(remove_postproc=True)
+            sch = s_tir.Schedule(task, seed=seed + attempt)
+            try:
+                trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=lambda *_: None)
+                if all(p.apply(sch) for p in postprocs):
+                    chosen = sch
+                    break
+            except Exception:  # noqa: BLE001 - an invalid sample; try the next seed
+                continue
+        if chosen is None:
+            stats["left_unscheduled"].append(name)
+            continue
+        mod[gv] = chosen.mod["main"].with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
+        stats["sampled"] += 1
+        if progress:
+            progress(f"default schedule {stats['sampled']}: {name}")
+    return stats
