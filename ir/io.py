@@ -76,9 +76,16 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 0
 
 
-def _interface(proto: onnx.ModelProto) -> list[tuple[str, str]]:
+def _interface(proto: onnx.ModelProto) -> list[tuple[str, int, int]]:
+    """Names, element types and ranks of inputs and outputs (the converter may make symbolic dims concrete)."""
     inits = {t.name for t in proto.graph.initializer}
-    return [(v.name, str(v.type)) for v in list(proto.graph.input) + list(proto.graph.output) if v.name not in inits]
+    out = []
+    for v in list(proto.graph.input) + list(proto.graph.output):
+        if v.name in inits:
+            continue
+        tt = v.type.tensor_type
+        out.append((v.name, tt.elem_type, len(tt.shape.dim) if tt.HasField("shape") else -1))
+    return out
 
 
 def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = MIN_OPSET) -> onnx.ModelProto:
