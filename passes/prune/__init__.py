@@ -1,1 +1,3 @@
-"""The `prune` pass (package; modules are added as the pass lands)."""
+"""The `prune` pass: structured channel pruning on ONNX graphs (dependency groups, criteria, allocation, refit)."""
+
+from compress_graph.passes.prune import prune_pass  # noqa: F401  (registers the pass)
