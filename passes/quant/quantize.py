@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from compress_graph.ir.errors import UsageError
+from compress_graph.ir.errors import ModelError, UsageError
 from compress_graph.ir.model import Model
 from compress_graph.passes.base import Pass, PassContext, PassResult, option, register_pass
 from compress_graph.passes.data import CalibData
@@ -116,6 +116,7 @@ class Quantize(Pass):
         if o.weight_only:
             return QuantizeWeights(weight_bits=o.weight_bits, per_channel=o.per_channel,
                                    exclude=list(o.exclude)).run(model, ctx)
+        _require_float32(model)
         t0 = time.perf_counter()
         stats: dict[str, Any] = {"prepare": prepare(model)}
         data = ctx.calib_data(o.calib, model)
@@ -266,6 +267,18 @@ class QuantizeWeights(Pass):
         model, stats = weightonly.quantize_weights(model, bits=o.weight_bits, per_channel=o.per_channel,
                                                    ops=list(o.ops), exclude=list(o.exclude))
         return PassResult(model, stats["weights"] > 0, stats)
+
+
+def _require_float32(model: Model) -> None:
+    """int8 QDQ here starts from float32 (QuantizeLinear takes float16 only from opset 19, and onnxruntime's fused
+    integer kernels expect float32 around them): refuse other float types with one line."""
+    import onnx_graphsurgeon as gs
+
+    for t in model.tensor_map().values():
+        dtype = t.values.dtype if isinstance(t, gs.Constant) else (np.dtype(t.dtype) if t.dtype is not None else None)
+        if dtype is not None and np.issubdtype(dtype, np.floating) and dtype != np.float32:
+            raise ModelError(f"pass 'quant': tensor '{t.name}' is {dtype}; quantization needs a float32 model "
+                             "(convert it first)")
 
 
 def agreement(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]]) -> float:
