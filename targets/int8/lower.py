@@ -1,0 +1,483 @@
+"""Rewrite QDQ (fake-quant) Relax functions into integer kernels.
+
+Every ``R.quantize(v, s_y, z_y)`` whose producer ``v`` can be computed from 8-bit inputs is replaced by an
+integer computation of the same 8-bit result; the float producer then dies (dead-code elimination) unless
+something else uses it. Each replacement is local and keeps the semantics of the QDQ model as onnxruntime
+runs it (QLinearConv & co.), so a refusal never breaks the module: that value simply stays float, with the
+explicit quantize/dequantize the importer already put at its border.
+
+Rules (producer of the quantize, with an optional Relu/Clip in between folded into the 8-bit clip):
+  conv2d / matmul (+ constant bias)   int8/uint8 x int8 -> int32, zero points folded into an int32 bias
+                                      (the input is padded with its zero point, so borders stay exact),
+                                      per-channel fixed-point requant
+  add / subtract / multiply           two 8-bit inputs, rescaled in int64
+  max_pool2d, reshape, permute_dims,  on the 8-bit tensor, then a rescale if the scales differ
+  split, concat, resize2d (nearest)
+  mean over H, W (global avg pool)    int32 sum, requant by s_x / (N s_y)
+  elementwise unary (sigmoid, tanh,   a 256-entry lookup table computed at compile time
+  exp, ...) on one 8-bit input
+  quantize(dequantize(q))             a rescale
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tvm
+from compress_graph.targets.int8.match import Definitions, QTensor, Refuse, op_name, shape_of
+from compress_graph.targets.int8.requant import (
+    QRANGE,
+    add_frac_bits,
+    channel_shape,
+    emit_requant,
+    emit_round_shift,
+    rescale_terms,
+)
+from tvm import relax
+
+_UNARY = {
+    "relax.sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "relax.tanh": np.tanh,
+    "relax.exp": np.exp,
+    "relax.abs": np.abs,
+    "relax.negative": np.negative,
+    "relax.nn.relu": lambda x: np.maximum(x, 0.0),
+    "relax.nn.silu": lambda x: x / (1.0 + np.exp(-x)),
+}
+_MINMAX = ("relax.maximum", "relax.minimum")
+_RESHAPES = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims")
+
+
+@dataclass
+class LowerOptions:
+    """How integer code is emitted.
+
+    requant: "fixed" (int64 multiply + rounding shift) or "float" (float32 multiply, like onnxruntime).
+    act_dtype: dtype fed to conv/matmul; "int8" turns uint8 activations into int8 (x - 128) for ARM sdot.
+    conv_emitter: optional hook ``(bb, x, zp, w, attrs) -> int32 expr | None`` for packed/tensorized convs.
+    """
+
+    requant: str = "fixed"
+    act_dtype: str = "uint8"
+    conv_emitter: Any = None
+
+
+@dataclass
+class LowerStats:
+    converted: Counter = field(default_factory=Counter)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+@relax.expr_functor.mutator
+class QDQLowering(relax.PyExprMutator):
+    """The mutator; use :func:`lower_function` / ``lower_qdq`` rather than this class directly."""
+
+    def __init__(self, mod: tvm.IRModule, opts: LowerOptions):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.opts = opts
+        self.stats = LowerStats()
+        self.defs: Definitions | None = None
+        self._split_cache: dict[Any, relax.Expr] = {}
+        # new 8-bit NCHW var -> (packed NCHW[b]c var, b): lets consecutive packed ops skip the unpack
+        self.packed_of: dict[Any, tuple[relax.Expr, int]] = {}
+        self._pending_packed: tuple[relax.Expr, int] | None = None
+
+    def transform(self) -> tvm.IRModule:
+        for gvar, func in self.mod_.functions_items():
+            if isinstance(func, relax.Function):
+                self.defs = Definitions(func)
+                self.builder_.update_func(gvar, self.visit_expr(func))
+        return self.builder_.get()
+
+    # -- the binding hook ---------------------------------------------------------------------------
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        value = binding.value
+        self._pending_packed = None
+        if op_name(value) == "relax.quantize":
+            try:
+                kind, out = self._lower_quantize(value)
+            except Refuse as why:
+                producer = self.defs.resolve(value.args[0])
+                if not isinstance(producer, relax.Var):  # a graph input is quantized in float: a border
+                    self.stats.refused[binding.var.name] = f"{op_name(producer) or 'value'}: {why}"
+            else:
+                if isinstance(out, relax.Var) and isinstance(binding.var, relax.DataflowVar):
+                    new = out  # an identity rescale: reuse the 8-bit value, no alias binding
+                elif isinstance(binding.var, relax.DataflowVar):
+                    new = self.builder_.emit(out, binding.var.name)
+                else:
+                    new = self.builder_.emit_output(out, binding.var.name)
+                self.set_var_remap(binding.var, new)
+                if self._pending_packed is not None:
+                    self.packed_of[new] = self._pending_packed
+                self.stats.converted[kind] += 1
+                return
+        super().visit_var_binding_(binding)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _new(self, expr: relax.Expr) -> relax.Expr:
+        """The rewritten counterpart of an expression of the original module."""
+        return self.visit_expr(expr)
+
+    def _emit(self, expr: relax.Expr) -> relax.Expr:
+        return self.builder_.emit(expr)
+
+    def _rescale(self, q: QTensor, x: relax.Expr, s_y: float, z_y: int, out_dtype: str,
+                 lo: int | None, hi: int | None) -> relax.Expr:
+        """An 8-bit tensor ``x`` with (q.scale, q.zp) -> the same values at (s_y, z_y), as an expr."""
+        qmin, qmax = QRANGE[out_dtype]
+        same = q.scale == s_y and q.zero_point == z_y and q.dtype == out_dtype
+        if same and (lo is None or lo <= qmin) and (hi is None or hi >= qmax):
+            return x
+        acc = relax.op.astype(x, "int32")
+        if q.zero_point:
+            acc = relax.op.subtract(acc, relax.const(q.zero_point, "int32"))
+        acc = self._emit(acc)
+        return emit_requant(self.builder_, acc, np.float64(q.scale) / s_y, z_y, out_dtype, (),
+                            lo=lo, hi=hi, mode=self.opts.requant)
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def _lower_quantize(self, call: relax.Call) -> tuple[str, relax.Expr]:
+        from compress_graph.targets.int8.match import scalar_const
+
+        x, scale, zp = call.args
+        s_y = float(np.float32(scalar_const(scale, "output scale")))
+        z_y = int(scalar_const(zp, "output zero point"))
+        out_dtype = str(call.attrs.out_dtype)
+        if out_dtype not in QRANGE:
+            raise Refuse(f"quantize to {out_dtype}")
+        lo = hi = None
+        prod = self.defs.resolve(x)
+        for _ in range(2):  # Relu, Clip, or Clip as maximum(minimum(.)) over a conv / matmul / add
+            bounds = self._activation(prod, s_y, z_y)
+            if bounds is None:
+                break
+            inner, (b_lo, b_hi) = bounds
+            inner = self.defs.resolve(inner)
+            if not self._is_linear_or_add(inner) and self._activation(inner, s_y, z_y) is None:
+                break
+            lo = b_lo if lo is None or (b_lo is not None and b_lo > lo) else lo
+            hi = b_hi if hi is None or (b_hi is not None and b_hi < hi) else hi
+            prod = inner
+        name = op_name(prod)
+        ctx = (s_y, z_y, out_dtype, lo, hi)
+        if name == "relax.add":
+            lin = self._split_bias(prod)
+            if lin is not None:
+                return self._lower_linear(lin[0], lin[1], ctx)
+            return "add", self._lower_binary(prod, +1, ctx)
+        if name in ("relax.nn.conv2d", "relax.matmul"):
+            return self._lower_linear(prod, None, ctx)
+        if name == "relax.subtract":
+            return "subtract", self._lower_binary(prod, -1, ctx)
+        if name == "relax.multiply":
+            return "multiply", self._lower_multiply(prod, ctx)
+        if name in _UNARY or name == "relax.clip":
+            return name.split(".")[-1], self._lower_unary(prod, ctx)
+        if name in ("relax.nn.max_pool2d", "relax.image.resize2d") or name in _RESHAPES:
+            return name.split(".")[-1], self._lower_passthrough(prod, ctx)
+        if name == "relax.mean":
+            return "global_avg_pool", self._lower_mean(prod, ctx)
+        if name == "relax.concat":
+            return "concat", self._lower_concat(prod, ctx)
+        if isinstance(prod, relax.TupleGetItem):
+            return "split", self._lower_split_item(prod, ctx)
+        if name == "relax.dequantize":
+            q = self.defs.dequantized(prod)
+            return "requantize", self._rescale(q, self._new(q.expr), *ctx)
+        raise Refuse("no integer rule")
+
+    def _is_linear_or_add(self, expr: relax.Expr) -> bool:
+        return op_name(self.defs.resolve(expr)) in ("relax.add", "relax.nn.conv2d", "relax.matmul")
+
+    def _activation(self, act: relax.Expr, s_y: float, z_y: int):
+        """Relu/Clip/max/min with constants in float == a clip in the 8-bit domain (quantization is
+        monotonic). Returns (input, (lo, hi)) in quantized units, or None if ``act`` is none of these."""
+        name, args = op_name(act), list(getattr(act, "args", []))
+        if name == "relax.call_tir":  # the importer emits Clip with tensor bounds as TIR maximum/minimum
+            callee = getattr(args[0], "name_hint", None) or getattr(args[0], "name", "")
+            name = next((op for op in _MINMAX if str(callee).startswith(op.split(".")[-1])), None)
+            args = list(args[1].fields) if isinstance(args[1], relax.Tuple) else []
+        if name == "relax.nn.relu":
+            return args[0], (z_y, None)
+        if name == "relax.clip":
+            lo_f, hi_f = (_prim_float(a) for a in args[1:3])
+        elif name in _MINMAX and len(args) == 2:
+            bound = self._scalar_bound(args[1])
+            if bound is None:
+                return None
+            lo_f, hi_f = (bound, None) if name == "relax.maximum" else (None, bound)
+        else:
+            return None
+        lo = None if lo_f is None or not np.isfinite(lo_f) else int(np.round(lo_f / s_y)) + z_y
+        hi = None if hi_f is None or not np.isfinite(hi_f) else int(np.round(hi_f / s_y)) + z_y
+        return args[0], (lo, hi)
+
+    def _scalar_bound(self, expr: relax.Expr) -> float | None:
+        """A constant scalar, also behind the importer's ``where(isnan(c), +-inf, c)``."""
+        expr = self.defs.resolve(expr)
+        if op_name(expr) == "relax.where":
+            cond = self.defs.resolve(expr.args[0])
+            if op_name(cond) != "relax.isnan":
+                return None
+            c = _prim_float(self.defs.resolve(cond.args[0]))
+            if c is None:
+                return None
+            return _prim_float(expr.args[1]) if np.isnan(c) else c
+        return _prim_float(expr) if isinstance(expr, tvm.ir.GenericConst) else None
+
+    def _split_bias(self, add: relax.Call) -> tuple[relax.Call, np.ndarray] | None:
+        for lin_arg, bias_arg in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+            lin = self.defs.resolve(lin_arg)
+            if op_name(lin) in ("relax.nn.conv2d", "relax.matmul"):
+                try:
+                    return lin, self.defs.bias(bias_arg)
+                except Refuse:
+                    continue
+        return None
+
+    # -- conv2d / matmul ----------------------------------------------------------------------------
+    def _input_for_dot(self, q: QTensor) -> tuple[relax.Expr, int]:
+        """The 8-bit input as fed to conv/matmul and its zero point in that dtype."""
+        x = self._new(q.expr)
+        if q.dtype == "uint8" and self.opts.act_dtype == "int8":
+            x = self._emit(relax.op.astype(relax.op.subtract(relax.op.astype(x, "int16"),
+                                                             relax.const(128, "int16")), "int8"))
+            return x, q.zero_point - 128
+        return x, q.zero_point
+
+    def _lower_linear(self, lin: relax.Call, bias: np.ndarray | None, ctx) -> tuple[str, relax.Expr]:
+        s_y, z_y, out_dtype, lo, hi = ctx
+        q = self.defs.dequantized(lin.args[0])
+        if op_name(lin) == "relax.nn.conv2d":
+            kind = "conv2d"
+            w, s_w, axis = self.defs.weight(lin.args[1])
+            attrs = lin.attrs
+            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
+                raise Refuse(f"layout {attrs.data_layout}/{attrs.kernel_layout}")
+            if s_w.size > 1 and axis != 0:
+                raise Refuse("weight scales not per output channel")
+            n_out = w.shape[0]
+            x, zp = self._input_for_dot(q)
+            acc, block = self._conv(x, zp, w, attrs)
+            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_out // block, 1, 1, block)
+            w_sum = w.astype(np.int64).sum(axis=(1, 2, 3))
+        else:
+            kind = "matmul"
+            w, s_w, axis, n_out = self._matmul_weight(lin.args[1])
+            if len(shape_of(lin.args[0])) < 2:
+                raise Refuse("matmul input is 1-D")
+            bshape = channel_shape(len(shape_of(lin)), len(shape_of(lin)) - 1, n_out)
+            block = None
+            x, zp = self._input_for_dot(q)
+            acc = self._emit(relax.op.matmul(x, relax.const(w, "int8"), out_dtype="int32"))
+            w_sum = w.astype(np.int64).sum(axis=0)
+        s_w = np.broadcast_to(s_w.astype(np.float64), (n_out,))
+        s_acc = np.float64(q.scale) * s_w
+        b_int = np.zeros(n_out, np.int64) if bias is None else np.round(np.broadcast_to(bias, (n_out,)) / s_acc)
+        b_eff = b_int.astype(np.int64) - zp * w_sum
+        if np.any(np.abs(b_eff) >= 2**31):
+            raise Refuse("bias does not fit int32")
+        if np.any(b_eff):
+            acc = self._emit(relax.op.add(acc, relax.const(b_eff.astype(np.int32).reshape(bshape), "int32")))
+        mult = s_acc / np.float64(s_y)
+        out = emit_requant(self.builder_, acc, mult, z_y, out_dtype, bshape, lo=lo, hi=hi,
+                           mode=self.opts.requant)
+        if block is None:
+            return kind, out
+        return kind + "_packed", self._unpack(self._emit(out), block)
+
+    def _unpack(self, packed: relax.Expr, block: int) -> relax.Expr:
+        """Leave a packed 8-bit result in NCHW for the original consumers, remembering the packed one."""
+        from compress_graph.targets.int8.packed import unpack_data
+
+        self._pending_packed = (packed, block)
+        return unpack_data(packed, block)
+
+    def _matmul_weight(self, arg: relax.Expr) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Weight of ``x @ W`` as int8 (K, N): ``permute_dims(dq(W (N, K)))`` or ``dq(W (K, N))``."""
+        node = self.defs.resolve(arg)
+        transposed = op_name(node) == "relax.permute_dims"
+        if transposed:
+            axes = node.attrs.axes
+            if axes is not None and [int(a) for a in axes] != [1, 0]:
+                raise Refuse("matmul weight permutation is not a transpose")
+            node = node.args[0]
+        w, s_w, axis = self.defs.weight(node)
+        if w.ndim != 2:
+            raise Refuse("matmul weight is not 2-D")
+        if transposed:
+            w = w.T
+            axis = 1 - axis
+        if s_w.size > 1 and axis != 1:
+            raise Refuse("matmul weight scales not per output column")
+        return np.ascontiguousarray(w), s_w, axis, w.shape[1]
+
+    def _conv(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None]:
+        """int32 conv of an 8-bit input whose padding must carry the zero point, not 0.
+
+        Returns (acc, block): block is the channel block of a packed NCHW[block]c result, else None.
+        """
+        pad = [int(p) for p in attrs.padding]
+        strides = [int(s) for s in attrs.strides]
+        dilation = [int(d) for d in attrs.dilation]
+        groups = int(attrs.groups)
+        if self.opts.conv_emitter is not None:
+            out = self.opts.conv_emitter(self.builder_, x, self.packed_of.get(x), zp, w, strides, pad,
+                                         dilation, groups)
+            if out is not None:
+                return out
+        if zp and any(pad):
+            top, left, bottom, right = pad
+            x = self._emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", float(zp)))
+            pad = [0, 0, 0, 0]
+        return self._emit(relax.op.nn.conv2d(x, relax.const(w, "int8"), strides=strides, padding=pad,
+                                             dilation=dilation, groups=groups, out_dtype="int32")), None
+
+    # -- elementwise --------------------------------------------------------------------------------
+    def _lower_binary(self, call: relax.Call, sign: int, ctx) -> relax.Expr:
+        s_y, z_y, out_dtype, lo, hi = ctx
+        qa, qb = (self.defs.dequantized(a) for a in call.args)
+        ra, rb = qa.scale / np.float64(s_y), qb.scale / np.float64(s_y)
+        bits = add_frac_bits([ra, rb])
+        xa, xb = self._new(qa.expr), self._new(qb.expr)
+        pa, pb = self._packed_pair(xa, xb)
+        block = None if pa is None else pa[1]
+        if block is not None:  # an operand exists packed: add in that layout, the result stays packed
+            xa, xb = pa[0], pb[0]
+        ta = rescale_terms(self.builder_, xa, qa.zero_point, ra, bits)
+        tb = rescale_terms(self.builder_, xb, qb.zero_point, rb, bits)
+        total = self._emit(relax.op.add(ta, tb) if sign > 0 else relax.op.subtract(ta, tb))
+        out = emit_round_shift(self.builder_, total, bits, z_y, out_dtype, lo=lo, hi=hi)
+        return out if block is None else self._unpack(self._emit(out), block)
+
+    def _packed_pair(self, xa: relax.Expr, xb: relax.Expr):
+        """Packed versions of two same-shape NCHW operands (packing one if only the other is packed)."""
+        from compress_graph.targets.int8.packed import pack_data
+
+        pa, pb = self.packed_of.get(xa), self.packed_of.get(xb)
+        if pa is None and pb is None:
+            return None, None
+        try:
+            same = shape_of(xa) == shape_of(xb)
+        except Refuse:
+            return None, None
+        block = (pa or pb)[1]
+        if not same or len(shape_of(xa)) != 4 or shape_of(xa)[1] % block:
+            return None, None
+        if pa is None:
+            pa = (pack_data(self.builder_, xa, block), block)
+        if pb is None:
+            pb = (pack_data(self.builder_, xb, block), block)
+        return (pa, pb) if pa[1] == pb[1] else (None, None)
+
+    def _lower_multiply(self, call: relax.Call, ctx) -> relax.Expr:
+        s_y, z_y, out_dtype, lo, hi = ctx
+        qa, qb = (self.defs.dequantized(a) for a in call.args)
+        terms = []
+        for q in (qa, qb):
+            t = relax.op.astype(self._new(q.expr), "int32")
+            if q.zero_point:
+                t = relax.op.subtract(t, relax.const(q.zero_point, "int32"))
+            terms.append(self._emit(t))
+        prod = self._emit(relax.op.multiply(terms[0], terms[1]))
+        mult = np.float64(qa.scale) * qb.scale / s_y
+        return emit_requant(self.builder_, prod, mult, z_y, out_dtype, (), lo=lo, hi=hi, mode=self.opts.requant)
+
+    def _lower_unary(self, call: relax.Call, ctx) -> relax.Expr:
+        s_y, z_y, out_dtype, lo, hi = ctx
+        q = self.defs.dequantized(call.args[0])
+        qmin, qmax = QRANGE[q.dtype]
+        codes = np.arange(qmin, qmax + 1, dtype=np.float32)
+        real = (codes - np.float32(q.zero_point)) * np.float32(q.scale)
+        if op_name(call) == "relax.clip":
+            lo_f, hi_f = (_prim_float(a) for a in call.args[1:3])
+            out = np.clip(real, -np.inf if lo_f is None else lo_f, np.inf if hi_f is None else hi_f)
+        else:
+            with np.errstate(over="ignore"):
+                out = _UNARY[op_name(call)](real.astype(np.float32)).astype(np.float32)
+        omin, omax = QRANGE[out_dtype]
+        table = np.clip(np.round(out / np.float32(s_y)) + z_y, omin if lo is None else max(omin, lo),
+                        omax if hi is None else min(omax, hi)).astype(out_dtype)
+        idx = relax.op.astype(self._new(q.expr), "int32")
+        if qmin:
+            idx = relax.op.subtract(idx, relax.const(qmin, "int32"))
+        return relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
+
+    # -- data movement and pooling ------------------------------------------------------------------
+    def _lower_passthrough(self, call: relax.Call, ctx) -> relax.Expr:
+        name = op_name(call)
+        if name == "relax.image.resize2d" and str(call.attrs.method) != "nearest_neighbor":
+            raise Refuse(f"resize method {call.attrs.method}")
+        q = self.defs.dequantized(call.args[0])
+        x = self._new(q.expr)
+        packed = self.packed_of.get(x)
+        if name == "relax.nn.max_pool2d" and packed is not None and str(call.attrs.layout) == "NCHW":
+            a = call.attrs
+            pooled = self._emit(relax.op.nn.max_pool2d(
+                packed[0], a.pool_size, a.strides, a.padding, a.dilation, bool(a.ceil_mode),
+                layout=f"NCHW{packed[1]}c"))
+            out = self._rescale(q, pooled, *ctx)
+            return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), packed[1])
+        args = [x] + [self._new(a) for a in call.args[1:]]
+        moved = self._emit(relax.Call(call.op, args, call.attrs))
+        if name == "relax.image.resize2d":
+            moved = self._emit(relax.op.astype(moved, q.dtype))
+        return self._rescale(q, moved, *ctx)
+
+    def _lower_mean(self, call: relax.Call, ctx) -> relax.Expr:
+        s_y, z_y, out_dtype, lo, hi = ctx
+        q = self.defs.dequantized(call.args[0])
+        shape = shape_of(call.args[0])
+        axes = [int(a) % len(shape) for a in call.attrs.axis]
+        count = int(np.prod([shape[a] for a in axes]))
+        acc = self._emit(relax.op.sum(relax.op.astype(self._new(q.expr), "int32"), axes,
+                                      keepdims=bool(call.attrs.keepdims)))
+        if q.zero_point:
+            acc = self._emit(relax.op.subtract(acc, relax.const(q.zero_point * count, "int32")))
+        mult = np.float64(q.scale) / (count * np.float64(s_y))
+        return emit_requant(self.builder_, acc, mult, z_y, out_dtype, (), lo=lo, hi=hi, mode=self.opts.requant)
+
+    def _lower_concat(self, call: relax.Call, ctx) -> relax.Expr:
+        items = self.defs.resolve(call.args[0])
+        if not isinstance(items, relax.Tuple):
+            raise Refuse("concat of a non-tuple")
+        qs = [self.defs.dequantized(f) for f in items.fields]
+        parts = [self._emit(self._rescale(q, self._new(q.expr), *ctx)) for q in qs]
+        return relax.op.concat(parts, axis=int(call.attrs.axis))
+
+    def _lower_split_item(self, item: relax.TupleGetItem, ctx) -> relax.Expr:
+        split = self.defs.resolve(item.tuple_value)
+        if op_name(split) != "relax.split":
+            raise Refuse("tuple item of a non-split")
+        q = self.defs.dequantized(split.args[0])
+        key = item.tuple_value
+        if key not in self._split_cache:
+            self._split_cache[key] = self._emit(relax.Call(split.op, [self._new(q.expr)], split.attrs))
+        part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
+        return self._rescale(q, part, *ctx)
+
+
+def _prim_float(expr: relax.Expr) -> float | None:
+    """A Clip bound given as a PrimValue / scalar constant -> float (None if absent)."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        return float(expr.value.numpy().reshape(-1)[0])
+    value = getattr(expr, "value", None)
+    if value is None:
+        return None
+    try:
+        return float(value.value if hasattr(value, "value") else value)
+    except (TypeError, ValueError):
+        return None
+
+
+def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, LowerStats]:
+    """Apply the rewrite to every Relax function and drop what became dead."""
+    lowering = QDQLowering(mod, opts)
+    out = lowering.transform()
+    out = relax.transform.DeadCodeElimination()(out)
+    return out, lowering.stats

@@ -1,0 +1,86 @@
+"""QDQ reference models and onnxruntime runs for the int8 tests and bench/int8.
+
+``quantize_qdq`` is onnxruntime's static quantizer in the configuration the issue fixes (QDQ, per-channel,
+uint8 activations, int8 weights) with a few seeded random calibration inputs; the project's ``quant`` pass
+emits the same form.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+
+def input_spec(model: onnx.ModelProto) -> tuple[str, list[int]]:
+    """Name and static shape of the (single) graph input."""
+    inits = {i.name for i in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    return inp.name, [d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+
+def random_input(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
+    name, shape = input_spec(model)
+    return {name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def quantize_qdq(fp32_path: str | Path, out_path: str | Path, *, n_calib: int = 4, seed: int = 0,
+                 per_channel: bool = True) -> Path:
+    """``fp32_path`` -> QDQ model at ``out_path`` (BN folded by onnxruntime's pre-processing)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(fp32_path))
+    name, shape = input_spec(model)
+    rng = np.random.default_rng(seed)
+    feeds = [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n_calib)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    return out_path
+
+
+def ort_session(path: str | Path, threads: int = 2, optimize: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def output_scales(model: onnx.ModelProto) -> list[float]:
+    """Scale of the DequantizeLinear producing each graph output (1 quantization step), NaN if none."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    scales = []
+    for out in model.graph.output:
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            scales.append(float(inits[node.input[1]].reshape(-1)[0]))
+        else:
+            scales.append(float("nan"))
+    return scales
+
+
+def import_relax(model: onnx.ModelProto):
+    """The Relax module exactly as the targets layer imports it."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    name, shape = input_spec(model)
+    return from_onnx(model, shape_dict={name: shape}, keep_params_in_input=False)

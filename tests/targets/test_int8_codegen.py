@@ -1,0 +1,115 @@
+"""Packed/dot-product code generation for the int8 path: VNNI on x86, sdot on ARM (issue 8)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from compress_graph.targets.int8 import lower_qdq, options_for_target  # noqa: E402
+from compress_graph.targets.int8.packed import has_vnni, host_has_vnni, pack_kernel  # noqa: E402
+from compress_graph.targets.int8.testing import (  # noqa: E402
+    import_relax,
+    ort_session,
+    output_scales,
+    quantize_qdq,
+    random_input,
+)
+from tvm import relax  # noqa: E402
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+VNNI_HOST = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+A53 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]}
+
+
+@pytest.fixture(scope="module")
+def resnet_qdq(tmp_path_factory):
+    return quantize_qdq(MODELS / "resnet_s.onnx", tmp_path_factory.mktemp("qdq") / "resnet_s.onnx")
+
+
+def _asm(ex) -> str:
+    return ex.mod.imports[0].inspect_source("asm")
+
+
+def test_target_options():
+    assert has_vnni(tvm.target.Target(VNNI_HOST))
+    assert not has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "skylake"}))
+    assert not has_vnni(tvm.target.Target(A76))
+    assert options_for_target(tvm.target.Target(A76)).act_dtype == "int8"
+    assert options_for_target(tvm.target.Target(VNNI_HOST)).conv_emitter is not None
+
+
+def test_kernel_packing_layout():
+    w = np.arange(32 * 16 * 3 * 3).reshape(32, 16, 3, 3).astype(np.int8)
+    p = pack_kernel(w, 16)
+    assert p.shape == (2, 1, 3, 3, 4, 16, 4)
+    # packed[oc_chunk, ic_chunk, kh, kw, ic4, oc_block, i4] == w[oc_chunk*16+oc_block, ic4*4+i4, kh, kw]
+    assert p[1, 0, 2, 1, 3, 5, 2] == w[16 + 5, 3 * 4 + 2, 2, 1]
+
+
+@pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no AVX-512 VNNI: cannot run VNNI code")
+def test_vnni_packed_model_emits_vpdpbusd_and_matches(resnet_qdq):
+    target = tvm.target.Target(VNNI_HOST)
+    low, stats = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
+    assert stats["by_op"]["conv2d_packed"] == 13 and stats["float"] == 0
+    text = low.script()
+    assert "conv2d_NCHWc_int8" in text
+    # packed end to end: one pack after the input quantize, one unpack before global pooling
+    assert text.count("R.layout_transform(") == 2
+    ex = relax.build(low, target=target)
+    assert "vpdpbusd" in _asm(ex)
+    feeds = random_input(onnx.load(str(resnet_qdq)))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    want = ort_session(resnet_qdq).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(onnx.load(str(resnet_qdq)))[0] * 1.001
+
+
+def test_arm_cortex_a76_emits_sdot(resnet_qdq, tmp_path):
+    target = tvm.target.Target(A76)
+    low, stats = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
+    text = low.script()
+    assert 'dtype="uint8") = R.nn.conv2d(' not in text  # int8 x int8 for sdot
+    assert stats["float"] == 0
+    ex = relax.build(low, target=target)
+    assert "sdot" in _asm(ex)
+    cxx = shutil.which("aarch64-linux-gnu-g++")
+    if cxx is None:
+        pytest.skip("aarch64-linux-gnu-g++ not installed: asm checked, cross link skipped")
+    lib = tmp_path / "resnet_int8_a76.so"
+    ex.export_library(str(lib), fcompile=tvm.support.cc.cross_compiler(cxx))
+    header = subprocess.run(["readelf", "-h", str(lib)], capture_output=True, text=True).stdout
+    assert "AArch64" in header
+
+
+@pytest.mark.slow
+def test_arm_cortex_a53_builds_without_dotprod(resnet_qdq):
+    target = tvm.target.Target(A53)
+    low, _ = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
+    asm = _asm(relax.build(low, target=target))
+    assert "sdot" not in asm  # NEON fallback (smull/smlal, widening adds)
+
+
+@pytest.mark.slow
+def test_arm_int8_library_under_qemu_matches_onnxruntime(resnet_qdq, tmp_path):
+    """The sdot library, run by the aarch64 TVM runtime under qemu-user, agrees with onnxruntime."""
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    reason = qemu_available("aarch64")
+    cxx = shutil.which("aarch64-linux-gnu-g++")
+    if reason or cxx is None:
+        pytest.skip(reason or "aarch64-linux-gnu-g++ not installed")
+    target = tvm.target.Target(A76)
+    low, _ = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
+    lib = tmp_path / "resnet_int8_a76.so"
+    relax.build(low, target=target).export_library(str(lib), fcompile=tvm.support.cc.cross_compiler(cxx))
+    feeds = random_input(onnx.load(str(resnet_qdq)), seed=3)
+    got = run_qemu(lib, [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
+    want = ort_session(resnet_qdq).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(onnx.load(str(resnet_qdq)))[0] * 1.001

@@ -1,0 +1,179 @@
+"""QDQ -> integer Relax: IR shape, exactness against onnxruntime, refusals that stay float (issue 8)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from compress_graph.targets.int8 import LowerOptions, has_qdq, lower_qdq  # noqa: E402
+from compress_graph.targets.int8.requant import emit_requant, fixed_point  # noqa: E402
+from compress_graph.targets.int8.testing import (  # noqa: E402
+    import_relax,
+    ort_session,
+    output_scales,
+    quantize_qdq,
+    random_input,
+)
+from tvm import relax  # noqa: E402
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+HOST = {"kind": "llvm", "num-cores": 2}  # generic x86: plain NCHW int8 convs
+
+
+@pytest.fixture(scope="module")
+def qdq_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qdq")
+    for name in ("resnet_s", "mobilenetv2_s", "yolo_s"):
+        quantize_qdq(MODELS / f"{name}.onnx", out / f"{name}.onnx")
+    return out
+
+
+def _run_tvm(mod, target, feeds):
+    ex = relax.build(mod, target=tvm.target.Target(target))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+
+
+def _assert_within_one_step(model_path, mod, target, seed=1):
+    model = onnx.load(str(model_path))
+    feeds = random_input(model, seed)
+    got = _run_tvm(mod, target, feeds)
+    want = ort_session(model_path).run(None, feeds)[0]
+    step = output_scales(model)[0]
+    assert np.isfinite(step)
+    assert np.max(np.abs(got - want)) <= step * 1.001, f"more than one step ({step}) off onnxruntime"
+    return got, want
+
+
+def test_fixed_point_multiplier_is_accurate():
+    m = np.array([1e-6, 3.3e-4, 0.0123, 0.5, 0.99999, 1.0, 7.25])
+    mant, shift = fixed_point(m)
+    assert np.all((mant >= 2**29) & (mant < 2**31))
+    np.testing.assert_allclose(mant / 2.0 ** shift, m, rtol=2e-9)
+
+
+def test_requant_rounds_half_to_even_like_onnxruntime():
+    acc = np.array([-7, -5, -3, -1, 1, 3, 5, 7, 1000, -1000, 2**30, 123457], np.int32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(acc.shape, "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(emit_requant(bb, x, np.float64(0.5), 10, "int8", ()))
+        bb.emit_func_output(out)
+    got = _run_tvm(bb.get(), HOST, {"x": acc})
+    want = np.clip(np.round(acc.astype(np.float64) * 0.5) + 10, -128, 127)  # np.round: half to even
+    np.testing.assert_array_equal(got, want)
+
+
+_BINDING = re.compile(r'^\s*(\w+): R\.Tensor\(\(.*?\), dtype="(\w+)"\) = (R\.[\w.]+)\((\w+|metadata\S*), (\S+)')
+
+
+def integer_dot_ops(text: str) -> list[tuple[str, str, str, str]]:
+    """(op, input dtype, weight operand, result dtype) of every conv2d/matmul binding in Relax text."""
+    dtypes, found = {}, []
+    for line in text.splitlines():
+        m = _BINDING.match(line)
+        if not m:
+            continue
+        var, dtype, op, arg0, arg1 = m.groups()
+        dtypes[var] = dtype
+        if op in ("R.nn.conv2d", "R.matmul"):
+            found.append((op, dtypes.get(arg0, "?"), arg1, dtype))
+    return found
+
+
+def test_rewritten_ir_has_integer_conv_and_matmul(qdq_dir):
+    mod = import_relax(onnx.load(str(qdq_dir / "resnet_s.onnx")))
+    assert has_qdq(mod)
+    before = integer_dot_ops(mod.script())
+    assert before and all(res == "float32" for *_, res in before)  # the importer runs fake-quant float
+    low, stats = lower_qdq(mod, tvm.target.Target(HOST))
+    text = low.script()
+    ops = integer_dot_ops(text)
+    assert [op for op, *_ in ops].count("R.nn.conv2d") == 13 and [op for op, *_ in ops].count("R.matmul") == 1
+    for op, in_dtype, _, res in ops:
+        assert in_dtype in ("uint8", "int8") and res == "int32", (op, in_dtype, res)
+    assert all('out_dtype="int32"' in ln for ln in text.splitlines() if "R.nn.conv2d(" in ln)
+    assert "R.dequantize(" in text and text.count("R.dequantize(") == 1  # only the float output remains
+    assert stats["by_op"]["conv2d"] == 13 and stats["by_op"]["matmul"] == 1
+    assert stats["float"] == 0 and stats["converted"] >= 20
+
+
+@pytest.mark.parametrize("name", ["resnet_s", "mobilenetv2_s"])
+def test_host_int8_matches_onnxruntime(qdq_dir, name):
+    path = qdq_dir / f"{name}.onnx"
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    assert stats["float"] == 0
+    _assert_within_one_step(path, low, HOST)
+
+
+def test_float_requant_mode_matches_too(qdq_dir):
+    path = qdq_dir / "resnet_s.onnx"
+    low, _ = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST),
+                       LowerOptions(requant="float"))
+    _assert_within_one_step(path, low, HOST, seed=2)
+
+
+@pytest.mark.slow
+def test_yolo_int8_matches_onnxruntime(qdq_dir):
+    path = qdq_dir / "yolo_s.onnx"
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    assert stats["by_op"]["conv2d"] == 43 and stats["by_op"]["sigmoid"] == 39
+    assert stats["float_ops"] == {"divide": 1}  # the box decode's division by a tensor stays float
+    _assert_within_one_step(path, low, HOST)
+
+
+def _softplus_model(path: Path) -> Path:
+    """Conv -> Softplus -> Conv: onnxruntime's quantizer leaves Softplus float between QDQ borders."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, "w2")
+    b2 = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Softplus", ["c1"], ["s1"]),
+        helper.make_node("Conv", ["s1", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(nodes, "softplus", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [w1, w2, b2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_op_without_integer_rule_stays_float_and_matches(tmp_path):
+    path = quantize_qdq(_softplus_model(tmp_path / "fp32.onnx"), tmp_path / "qdq.onnx")
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    assert stats["by_op"].get("conv2d") == 2, stats
+    assert stats["float"] >= 1
+    assert any("softplus" in k or "log" in k or "exp" in k for k in stats["float_ops"]), stats
+    _assert_within_one_step(path, low, HOST)
+
+
+def test_project_quant_pass_output_lowers_and_matches(tmp_path):
+    """The `quant` pass's QDQ form (explicit Relu, Clip with tensor bounds, float head) lowers too."""
+    pytest.importorskip("compress_graph.passes.quant")
+    from compress_graph import load, run_pipeline, save
+
+    model, _ = run_pipeline(load(MODELS / "mobilenetv2_s.onnx"), "fold-bn,quant", calib=None, verify=False,
+                            seed=0)
+    path = tmp_path / "mobilenetv2_s_quant.onnx"
+    save(model, path)
+    proto = onnx.load(str(path))
+    low, stats = lower_qdq(import_relax(proto), tvm.target.Target(HOST))
+    assert stats["by_op"]["conv2d"] == 22  # every conv, its Clip(0, 6) folded into the 8-bit clip
+    assert stats["float_ops"].get("nn.conv2d", 0) == 0
+    feeds = random_input(proto)
+    got = _run_tvm(low, HOST, feeds)
+    want = ort_session(path).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
