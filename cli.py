@@ -267,7 +267,10 @@ def _run(o: dict[str, Any]) -> None:
             if check.get("status") == "failed" and not failure:
                 failure = f"the {o['target']} library does not match onnxruntime: {check.get('detail', check)}"
         report["status"] = "budget_exceeded" if failure else "ok"
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+        text = json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
+        # paths recorded while building point into the temp folder; the report names the final one
+        text = text.replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1])
+        (tmp / "report.json").write_text(text)
         _commit_output_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,6 +279,15 @@ def _run(o: dict[str, Any]) -> None:
         click.echo(format_table(report), err=True)
         for w in report.get("warnings", []):
             click.echo(f"warning: {w}", err=True)
+        if "target" in report:
+            t = report["target"]
+            check = t.get("verification", {})
+            line = f"{t.get('target', o['target'])}: {str(t.get('library', '')).replace(str(tmp), str(out))}"
+            if check.get("status") not in (None, "not requested"):
+                line += f" - verification {check.get('status')}"
+                if "max_abs_err" in check:
+                    line += f" (max|d|={check['max_abs_err']:.3g}, {check.get('method', '')})"
+            click.echo(line, err=True)
         click.echo(f"wrote {out / 'model.onnx'} and {out / 'report.json'}", err=True)
     if failure:
         raise VerificationError(failure)

@@ -1,5 +1,6 @@
 """Parameters, MACs and bytes per node and in total: what reports and pruning/low-rank budgets use.
 
+Quantize/DequantizeLinear count no MACs: runtimes fuse them into the integer kernels they surround.
 MACs count multiply-accumulates of the main arithmetic (Conv, ConvTranspose, Gemm/MatMul and their integer forms);
 pooling, normalization and elementwise ops count one operation per output element (pooling: per window element),
 as most papers and tools do. Shapes come from ONNX shape inference on the exported model.
@@ -18,7 +19,7 @@ _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
     "Elu", "Selu", "Exp", "Log", "Sqrt", "Pow", "Max", "Min", "Sum", "Mean", "Neg", "Abs", "Softplus", "Erf", "Gelu",
     "Mish", "Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
-    "GroupNormalization", "QuantizeLinear", "DequantizeLinear", "Where", "Resize", "Upsample", "Swish",
+    "GroupNormalization", "Where", "Resize", "Upsample", "Swish",
 }
 _POOL = {"MaxPool", "AveragePool", "LpPool"}
 _GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean", "ReduceMax", "ReduceSum"}
