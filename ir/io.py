@@ -151,7 +151,7 @@ def _check_tensor_types(proto: onnx.ModelProto, where: str) -> None:
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
             kind = vi.type.WhichOneof("value")
             if kind not in (None, "tensor_type"):
-                raise ModelError(f"{where}: value '{vi.name}' has a {kind.replace('_type', '')} type; only tensor "
+                raise ModelError(f"{where}: value '{vi.name}' has {kind.replace('_type', '')} type; only tensor "
                                  "values are supported")
 
 
