@@ -155,6 +155,38 @@ def _check_tensor_types(proto: onnx.ModelProto, where: str) -> None:
                                  "values are supported")
 
 
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_tensor_data(tensor: onnx.TensorProto, where: str) -> None:
+    """A weight's stored data must match its declared dims (else every consumer reads garbage or crashes)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or tensor.data_location == 1:
+        return
+    n = 1
+    for d in tensor.dims:
+        if d < 0:
+            raise ModelError(f"{where}: tensor '{tensor.name}' has a negative dimension {list(tensor.dims)}")
+        n *= d
+    if tensor.HasField("raw_data"):
+        bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except Exception:
+            return
+        expected = (n * bits + 7) // 8 if bits else n * itemsize
+        got = len(tensor.raw_data)
+    else:
+        got = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+        expected = n
+        if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            expected = 2 * n
+        if got == 0 and n != 0 and not tensor.HasField("raw_data"):
+            return  # values elsewhere (segments, sparse) or genuinely empty: the checker's concern
+    if got != expected:
+        raise ModelError(f"{where}: tensor '{tensor.name}' holds {got} {'bytes' if tensor.HasField('raw_data') else 'values'} "
+                         f"but its shape {list(tensor.dims)} needs {expected}")
+
+
 def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
     """Catch what shape inference lets through: Conv weights whose channels do not match the input."""
     dims: dict[str, list] = {}
@@ -163,6 +195,8 @@ def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
         dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
     for init in proto.graph.initializer:
         dims[init.name] = list(init.dims)
+    for tensor in external_data_helper._get_all_tensors(proto):
+        _check_tensor_data(tensor, where)
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
             continue
