@@ -183,8 +183,9 @@ def _check_tensor_data(tensor: onnx.TensorProto, where: str) -> None:
         if got == 0 and n != 0 and not tensor.HasField("raw_data"):
             return  # values elsewhere (segments, sparse) or genuinely empty: the checker's concern
     if got != expected:
-        raise ModelError(f"{where}: tensor '{tensor.name}' holds {got} {'bytes' if tensor.HasField('raw_data') else 'values'} "
-                         f"but its shape {list(tensor.dims)} needs {expected}")
+        unit = "bytes" if tensor.HasField("raw_data") else "values"
+        raise ModelError(f"{where}: tensor '{tensor.name}' holds {got} {unit} but its shape {list(tensor.dims)} "
+                         f"needs {expected}")
 
 
 def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
