@@ -165,6 +165,8 @@ def _layer(node: gs.Node, shapes: dict[str, tuple]) -> Layer | str:
         return "weight is shared with other nodes"
     if not np.issubdtype(w.dtype, np.floating):
         return f"weight dtype {w.dtype}"
+    if not np.isfinite(w).all():
+        return "weight holds NaN/Inf"
     if len(node.inputs) > 2 and node.inputs[2].name and G.constant_value(node.inputs[2]) is None:
         return "bias is not a constant"
     in_shape = shapes.get(node.inputs[0].name)

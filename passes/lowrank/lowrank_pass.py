@@ -77,6 +77,9 @@ class LowRank(Pass):
         moments = {}
         if feeds and o.data_aware:
             moments = collect_second_moments(model, layers, feeds, max_patches=o.patches, seed=ctx.seed)
+            # non-finite activations (NaN/Inf upstream) leave that layer data-free rather than breaking the SVD
+            moments = {k: v for k, v in moments.items()
+                       if all(np.isfinite(np.asarray(x, dtype=np.float64)).all() for x in v)}
         stats["data_aware"] = bool(moments)
         maths = {ly.name: D.LayerMath(ly.weight, D.sqrt_factor(self._statistic(moments[ly.name]))
                                       if ly.name in moments else None)
