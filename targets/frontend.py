@@ -32,11 +32,37 @@ def _sig(value_info: onnx.ValueInfoProto, what: str) -> TensorSig:
 
 
 def signature(model: onnx.ModelProto) -> tuple[list[TensorSig], list[TensorSig]]:
-    """Graph inputs (initializers excluded) and outputs with their static shapes and numpy dtype names."""
+    """Graph inputs (initializers excluded) and outputs with their static shapes and numpy dtype names.
+
+    Exporters often declare outputs with symbolic dims even when every input is static (Paddle's
+    ``p2o.DynamicDimension``); those shapes are then taken from one onnxruntime run on zero inputs.
+    """
     inits = {t.name for t in model.graph.initializer}
     inputs = [_sig(v, "input") for v in model.graph.input if v.name not in inits]
-    outputs = [_sig(v, "output") for v in model.graph.output]
+    outputs: list[TensorSig] = []
+    actual: dict[str, tuple[int, ...]] | None = None
+    for v in model.graph.output:
+        try:
+            outputs.append(_sig(v, "output"))
+        except TargetError:
+            if actual is None:
+                actual = _run_shapes(model, inputs)
+            if v.name not in actual:
+                raise
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name
+            outputs.append(TensorSig(v.name, actual[v.name], dtype))
     return inputs, outputs
+
+
+def _run_shapes(model: onnx.ModelProto, inputs: list[TensorSig]) -> dict[str, tuple[int, ...]]:
+    from compress_graph.ir import runtime
+
+    try:
+        sess = runtime.session(model)
+        feeds = {s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs}
+        return {k: tuple(int(d) for d in np.shape(v)) for k, v in runtime.run(sess, feeds).items()}
+    except Exception:
+        return {}
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:

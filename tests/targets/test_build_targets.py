@@ -125,3 +125,17 @@ def test_cpp_deploy_example_runs_the_arm_library_under_qemu(tmp_path, tiny_model
     got = np.array([float(v) for v in proc.stdout.split("values:")[1].split()])
     ref = runtime.session(model).run(None, {"x": x})[0].ravel()[:10]
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_symbolic_output_dims_with_static_inputs_build(tiny_model):
+    """Exporters (Paddle) declare outputs as dynamic even when inputs are static: the build takes the real shapes."""
+    from compress_graph.targets.frontend import signature
+
+    model = tiny_model()
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "p2o.DynamicDimension.0"
+    inputs, outputs = signature(model)
+    assert [s.shape for s in inputs] == [(1, 3, 16, 16)]
+    assert [(s.name, s.shape) for s in outputs] == [("y", (1, 10))]
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(TargetError, match="dynamic shape"):
+        signature(model)
