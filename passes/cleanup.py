@@ -109,6 +109,49 @@ def fold_constants(model: Model, max_growth_bytes: int = 1 << 24) -> dict[str, i
     return {"folded": folded, "shapes_folded": shapes_folded}
 
 
+#: Ops whose output shape depends on input values: with any of them in the graph, shapes are never taken from runs.
+DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "TopK", "Compress", "NonMaxSuppression", "Loop", "If", "Scan",
+                         "RandomNormalLike", "RandomUniformLike", "Multinomial", "StringSplit", "RegexFullMatch"}
+
+
+def observe_static_shapes(model: Model, seed: int = 0) -> int:
+    """Give ``Shape``/``Size`` inputs the shapes they have at run time, when that shape cannot change.
+
+    Exporters compute reshape targets at run time (Paddle: Shape -> Gather -> Concat -> Reshape) in places ONNX shape
+    inference cannot follow. With every graph input static and no op whose output shape depends on values, each
+    tensor's shape is fixed; two runs on different random inputs must agree before a shape is used. Returns how many
+    tensors got a shape.
+    """
+    from compress_graph.ir import runtime
+    from compress_graph.passes.data import CalibData
+
+    graph = model.graph
+    if any(n.op in DATA_DEPENDENT_SHAPES for n in graph.nodes):
+        return 0
+    wanted = [n.inputs[0] for n in graph.nodes
+              if n.op in ("Shape", "Size") and n.inputs and _static_shape(n.inputs[0]) is None]
+    wanted = [t for t in {id(t): t for t in wanted}.values() if not isinstance(t, gs.Constant)]
+    if not wanted:
+        return 0
+    try:
+        data = CalibData.random(model, count=2, seed=seed + 1)
+        if data.batch > 1:
+            data = CalibData.random(model, count=2 * data.batch, seed=seed + 1)
+        sess = runtime.session(model, [t.name for t in wanted])
+        runs = [runtime.run(sess, feed, [t.name for t in wanted]) for feed in data.samples(2 * data.batch)]
+    except Exception:
+        return 0  # dynamic inputs, or the model does not run: leave the shapes unknown
+    if len(runs) < 2:
+        return 0
+    count = 0
+    for t in wanted:
+        a, b = np.shape(runs[0][t.name]), np.shape(runs[1][t.name])
+        if a == b:
+            t.shape = [int(d) for d in a]
+            count += 1
+    return count
+
+
 def eliminate_identity(model: Model) -> int:
     """Remove Identity and inference-mode Dropout nodes by rewiring consumers to their input."""
     removed = 0
@@ -173,9 +216,14 @@ class FoldConstants(Pass):
         max_growth_mb: float = option(16.0, "skip folds whose outputs exceed their inputs by more than this (MB)")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        stats = fold_constants(model, int(self.options.max_growth_mb * (1 << 20)))
+        limit = int(self.options.max_growth_mb * (1 << 20))
+        stats = fold_constants(model, limit)
+        observed = observe_static_shapes(model, ctx.seed)
+        if observed:
+            more = fold_constants(model, limit)
+            stats = {k: stats[k] + more[k] for k in stats}
         dead = eliminate_dead(model) if stats["folded"] else 0
-        return PassResult(model, stats["folded"] > 0, {**stats, "dead_removed": dead})
+        return PassResult(model, stats["folded"] > 0, {**stats, "shapes_observed": observed, "dead_removed": dead})
 
 
 @register_pass
