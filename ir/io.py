@@ -119,6 +119,7 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
     except Exception as exc:
         raise ModelError(f"{where}: shape inference failed: {_first_line(exc)}") from None
     _check_tensor_types(proto, where)
+    _check_required_inputs(proto, where)
     _check_weight_shapes(proto, where)
     _drop_control_flow_shapes(proto)
     return proto
@@ -153,6 +154,28 @@ def _check_tensor_types(proto: onnx.ModelProto, where: str) -> None:
             if kind not in (None, "tensor_type"):
                 raise ModelError(f"{where}: value '{vi.name}' has {kind.replace('_type', '')} type; only tensor "
                                  "values are supported")
+
+
+def _check_required_inputs(proto: onnx.ModelProto, where: str) -> None:
+    """An empty input name means "absent"; the checker accepts it anywhere, runtimes and passes do not."""
+    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            if "" not in node.input:
+                continue
+            domain = node.domain or "ai.onnx"
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)
+            except Exception:
+                continue  # unknown op: refused elsewhere or passed through untouched
+            formal = list(schema.inputs)
+            for i, name in enumerate(node.input):
+                if name or not formal:
+                    continue
+                param = formal[min(i, len(formal) - 1)]
+                if param.option != onnx.defs.OpSchema.FormalParameterOption.Optional:
+                    raise ModelError(f"{where}: node '{node.name or node.op_type}': input {i} ({param.name}) of "
+                                     f"{node.op_type} is empty but not optional")
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")

@@ -57,20 +57,39 @@ def _evaluate(node: gs.Node, values: list, opset: int) -> list[np.ndarray] | Non
         return None
 
 
+def _if_condition_cone(graph: gs.Graph) -> set[int]:
+    """Nodes that compute an If condition. Folding them gains nothing (branches are not inlined here), but a
+    condition that onnxruntime can evaluate at load time makes it type-check the taken branch strictly, and it
+    then rejects models it ran before (the expanded AffineGrid function of the ONNX test suite)."""
+    cone: set[int] = set()
+    stack = [n.inputs[0] for n in graph.nodes if n.op == "If" and n.inputs]
+    while stack:
+        t = stack.pop()
+        for producer in t.inputs:
+            if id(producer) not in cone and producer.op != "Constant":
+                cone.add(id(producer))
+                stack.extend(producer.inputs)
+    return cone
+
+
 def fold_constants(model: Model, max_growth_bytes: int = 1 << 24) -> dict[str, int]:
     """Fold nodes whose inputs are all constant, and ``Shape``/``Size`` of statically shaped tensors.
 
     One walk in topological order, so chains (Shape -> Gather -> Concat -> Reshape) fold in a single call. Outputs
     larger than their inputs by more than ``max_growth_bytes`` (Expand/Tile/ConstantOfShape blow-ups) are left alone,
-    except ConstantOfShape feeding a weight input (old exports store weights that way).
+    except ConstantOfShape feeding a weight input (old exports store weights that way). If conditions stay
+    computed (see ``_if_condition_cone``).
     """
     G.toposort(model.graph)
+    keep_computed = _if_condition_cone(model.graph)
     folded = 0
     shapes_folded = 0
     for node in list(model.graph.nodes):
         if node.op in NEVER_FOLD or (node.domain or "") not in ("", "ai.onnx") or not node.outputs:
             continue
         if any(G.is_graph_output(model.graph, t) for t in node.outputs):
+            continue
+        if id(node) in keep_computed:
             continue
         results = None
         if node.op in ("Shape", "Size") and node.inputs:

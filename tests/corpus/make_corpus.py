@@ -69,6 +69,11 @@ def build_corpus(folder: str | os.PathLike) -> dict[str, tuple[Path, set[int]]]:
     add("cycle", cyc, BAD)
     add("dangling_input", _model([helper.make_node("Add", ["x", "ghost"], ["y"])], [("x", [1, 4])],
                                  [("y", [1, 4])]), BAD)
+    add("empty_required_input", _model([helper.make_node("Concat", ["x", ""], ["y"], axis=1)], [("x", [1, 4])],
+                                       [("y", [1, 4])]), BAD)
+    add("empty_optional_input", _model([helper.make_node("Clip", ["x", "", "hi"], ["y"])], [("x", [1, 4])],
+                                       [("y", [1, 4])], inits=[numpy_helper.from_array(np.float32(0.5), "hi")]),
+        OK)
     two = _model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["y"])],
                  [("x", [1, 4])], [("y", [1, 4])])
     add("two_writers", two, BAD)
