@@ -165,7 +165,8 @@ def _check_required_inputs(proto: onnx.ModelProto, where: str) -> None:
                 continue
             domain = node.domain or "ai.onnx"
             try:
-                schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)
+                schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1),
+                                              "" if domain == "ai.onnx" else domain)
             except Exception:
                 continue  # unknown op: refused elsewhere or passed through untouched
             formal = list(schema.inputs)

@@ -10,8 +10,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "peer_sui
 import run as peer  # noqa: E402
 
 
-
-
 @pytest.mark.slow
 def test_backend_node_suite_sample():
     cases = peer.cases()[::7]
