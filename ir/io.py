@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from compress_graph.ir.errors import ModelError
 from compress_graph.ir.model import Model
 from compress_graph.ir.shapes import infer_shapes
@@ -27,9 +28,83 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _resolve_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> None:
-    """Read external tensor data, refusing any location that escapes ``base_dir`` (``..``, absolute, symlinks)."""
+#: Above this many bytes of external data, large weights are read only after checking and shape inference (which
+#: serialize the model and would hit protobuf's 2 GiB limit); below it everything is read up front.
+DEFER_EXTERNAL_ABOVE = 1 << 30
+EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside the .onnx file when saving with external data
+DEFER_TENSOR_MIN = 1 << 20
+
+
+class _Deferred:
+    """Large top-level weights held out of the proto while it is checked: each becomes a typed graph input of its
+    shape (so the checker and shape inference see a valid model well under 2 GiB). :meth:`restore` puts them back
+    as initializers without data and :meth:`attach` gives the imported constants read-only memory maps of the data
+    file, so the weights are never copied into protobuf or anonymous memory."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, tuple[onnx.TensorProto, Path, int, int]] = {}
+
+    def hold(self, proto: onnx.ModelProto, tensor: onnx.TensorProto, target: Path, offset: int, length: int) -> None:
+        proto.graph.initializer.remove(tensor)
+        if tensor.name not in {i.name for i in proto.graph.input}:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                       list(tensor.dims)))
+        tensor.ClearField("raw_data")
+        self.tensors[tensor.name] = (tensor, target, offset, length)
+
+    def restore(self, proto: onnx.ModelProto) -> None:
+        if not self.tensors:
+            return
+        keep = [i for i in proto.graph.input if i.name not in self.tensors]
+        del proto.graph.input[:]
+        proto.graph.input.extend(keep)
+        for tensor, *_ in self.tensors.values():
+            proto.graph.initializer.append(tensor)
+
+    def attach(self, model: Model, where: str) -> None:
+        if not self.tensors:
+            return
+        missing = set(self.tensors)
+        for t in model.graph.tensors().values():
+            spec = self.tensors.get(t.name)
+            if spec is None or not isinstance(t, gs.Constant):
+                continue
+            missing.discard(t.name)
+            tensor, target, offset, length = spec
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+            try:
+                t._values = np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.dims))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"{where}: tensor '{t.name}': cannot map external data: {_first_line(exc)}") from None
+        if missing:  # e.g. an unused weight dropped on import: it must not come back without its data
+            model.graph.cleanup()
+            still = {n for n in missing if n in model.graph.tensors()}
+            if still:
+                raise ModelError(f"{where}: weights {sorted(still)[:3]} lost their data while loading")
+
+
+def _memmappable(tensor: onnx.TensorProto) -> bool:
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4,
+                            onnx.TensorProto.UINT4) or tensor.data_type >= onnx.TensorProto.FLOAT8E4M3FN:
+        return False
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except Exception:
+        return False
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n > 0 and dtype.itemsize > 0
+
+
+def _resolve_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> _Deferred:
+    """Read external tensor data, refusing any location that escapes ``base_dir`` (``..``, absolute, symlinks).
+
+    For models with more than ``DEFER_EXTERNAL_ABOVE`` bytes of external data, top-level weights of
+    ``DEFER_TENSOR_MIN`` bytes or more are held back (see :class:`_Deferred`) and read after normalization.
+    """
     root = base_dir.resolve()
+    found = []
     for tensor in external_data_helper._get_all_tensors(proto):
         if not external_data_helper.uses_external_data(tensor):
             continue
@@ -50,11 +125,46 @@ def _resolve_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -
                 f"{where}: tensor '{tensor.name}': external data '{loc}' is shorter than offset+length "
                 f"({offset}+{length} > {size} bytes)"
             )
+        found.append((tensor, target, offset, length))
+    deferred = _Deferred()
+    defer = sum(f[3] for f in found) > DEFER_EXTERNAL_ABOVE
+    top = {id(t) for t in proto.graph.initializer}
+    names = [t.name for t in proto.graph.initializer]
+    for tensor, target, offset, length in found:
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        if (defer and length >= DEFER_TENSOR_MIN and id(tensor) in top and names.count(tensor.name) == 1
+                and _memmappable(tensor)):
+            _check_tensor_data(tensor, where, nbytes=length)
+            deferred.hold(proto, tensor, target, offset, length)
+            continue
         with open(target, "rb") as fh:
             fh.seek(offset)
             tensor.raw_data = fh.read(length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+    return deferred
+
+
+def _check_strings(message, where: str) -> None:
+    """Protobuf hands back ``bytes`` for a string field that is not valid UTF-8; names must be text."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def items(field, value):  # protobuf < 5.28 has no is_repeated; >= 7 has no label
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:
+            repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        return value if repeated else [value]
+
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        for field, value in msg.ListFields():
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                stack.extend(items(field, value))
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                for v in items(field, value):
+                    if not isinstance(v, str):
+                        raise ModelError(f"{where}: {type(msg).__name__}.{field.name} is not valid UTF-8: "
+                                         f"{bytes(v)[:40]!r}")
 
 
 def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
@@ -92,6 +202,7 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
     """Check, upgrade to ``min_opset`` and shape-infer a ModelProto. Raises ModelError with one line."""
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelError(f"{where}: not an ONNX model (no graph or no opset_import)")
+    _check_strings(proto, where)
     if proto.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{where}: IR version {proto.ir_version} is newer than supported ({onnx.IR_VERSION})")
     opset = _default_opset(proto)
@@ -182,8 +293,9 @@ def _check_required_inputs(proto: onnx.ModelProto, where: str) -> None:
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
-def _check_tensor_data(tensor: onnx.TensorProto, where: str) -> None:
-    """A weight's stored data must match its declared dims (else every consumer reads garbage or crashes)."""
+def _check_tensor_data(tensor: onnx.TensorProto, where: str, nbytes: int | None = None) -> None:
+    """A weight's stored data must match its declared dims (else every consumer reads garbage or crashes).
+    ``nbytes``: the size of data not read yet."""
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or tensor.data_location == 1:
         return
     n = 1
@@ -191,14 +303,14 @@ def _check_tensor_data(tensor: onnx.TensorProto, where: str) -> None:
         if d < 0:
             raise ModelError(f"{where}: tensor '{tensor.name}' has a negative dimension {list(tensor.dims)}")
         n *= d
-    if tensor.HasField("raw_data"):
+    if tensor.HasField("raw_data") or nbytes is not None:
         bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
         try:
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         except Exception:
             return
         expected = (n * bits + 7) // 8 if bits else n * itemsize
-        got = len(tensor.raw_data)
+        got = len(tensor.raw_data) if nbytes is None else nbytes
     else:
         got = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
         expected = n
@@ -228,7 +340,10 @@ def _check_weight_shapes(proto: onnx.ModelProto, where: str) -> None:
         x, w = dims.get(node.input[0]), dims.get(node.input[1])
         if not x or not w or len(x) < 2 or x[1] is None or len(w) != len(x):
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group < 1 or (w[0] % group if node.op_type == "Conv" else x[1] % group):
+            raise ModelError(f"{where}: node '{node.name or node.op_type}': group={group} does not divide its "
+                             f"channels (weight {w})")
         expected = w[1] * group if node.op_type == "Conv" else w[0]
         if expected != x[1]:
             raise ModelError(f"{where}: node '{node.name or node.op_type}': weight {w} expects {expected} input "
@@ -249,12 +364,15 @@ def load(path: str | os.PathLike, *, min_opset: int = MIN_OPSET) -> Model:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{where}: not an ONNX model (protobuf parse failed: {_first_line(exc)})") from None
-    _resolve_external_data(proto, p.parent, where)
+    deferred = _resolve_external_data(proto, p.parent, where)
     proto = normalize(proto, where, min_opset=min_opset)
+    deferred.restore(proto)
     try:
-        return Model.from_onnx(proto, base_dir=p.parent)
+        model = Model.from_onnx(proto, base_dir=p.parent)
     except Exception as exc:
         raise ModelError(f"{where}: cannot import graph: {_first_line(exc)}") from None
+    deferred.attach(model, where)
+    return model
 
 
 # --------------------------------------------------------------------------------------------- saving
@@ -299,42 +417,74 @@ def _weight_bytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in external_data_helper._get_all_tensors(proto))
 
 
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
 def save(model: Model | onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Save atomically and deterministically.
 
     External data (one ``<name>.data`` file beside the model) is used automatically when the weights approach the
-    2 GiB protobuf limit, or when ``external_data=True``.
+    2 GiB protobuf limit, or when ``external_data=True``. A :class:`Model` is written from its arrays, one tensor at
+    a time, without building a full protobuf (memory stays near the size of the weights themselves).
     """
     p = Path(path)
-    proto = model.to_onnx() if isinstance(model, Model) else model
-    if external_data is None:
-        external_data = _weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD
-    if not external_data:
-        atomic_write_bytes(p, proto.SerializeToString(deterministic=True))
-        return
+    if isinstance(model, Model):
+        if external_data is None:
+            external_data = model.constant_bytes() > EXTERNAL_DATA_THRESHOLD
+        if not external_data:
+            atomic_write_bytes(p, model.to_onnx().SerializeToString(deterministic=True))
+            return
+        proto, arrays = model.export_split(min_bytes=EXTERNAL_MIN_BYTES)
+    else:
+        if external_data is None:
+            external_data = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        if not external_data:
+            atomic_write_bytes(p, model.SerializeToString(deterministic=True))
+            return
+        proto, arrays = _copy_proto(model), {}
     data_name = p.name + ".data"
-    proto = _copy_proto(proto)
-    chunks: list[bytes] = []
-    offset = 0
+    layout: list[tuple[onnx.TensorProto, object]] = []
     for tensor in external_data_helper._get_all_tensors(proto):
+        if tensor.name in arrays and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            layout.append((tensor, arrays[tensor.name]))
+            continue
         if not tensor.HasField("raw_data"):
             arr = numpy_helper.to_array(tensor)
-            if arr.nbytes < 1024:
+            if arr.nbytes < EXTERNAL_MIN_BYTES:
                 continue
             tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), tensor.name))
-        raw = tensor.raw_data
-        if len(raw) < 1024:
+        if len(tensor.raw_data) < EXTERNAL_MIN_BYTES:
             continue
-        pad = (-offset) % 64  # aligned so the data can be memory-mapped
-        if pad:
-            chunks.append(b"\0" * pad)
-            offset += pad
-        external_data_helper.set_external_data(tensor, data_name, offset=offset, length=len(raw))
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        chunks.append(bytes(raw))
+        layout.append((tensor, None))
+
+    offsets = []
+    offset = 0
+    for tensor, arr in layout:
+        n = arr.nbytes if arr is not None else len(tensor.raw_data)
+        offset += (-offset) % (4096 if n >= 65536 else 64)  # page-aligned: onnxruntime memory-maps such tensors
+        offsets.append((offset, n))
+        offset += n
+
+    def chunks():
+        pos = 0
+        for (tensor, arr), (start, n) in zip(layout, offsets):
+            if start > pos:
+                yield b"\0" * (start - pos)
+            if arr is not None:
+                yield memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")
+            else:
+                yield tensor.raw_data
+                tensor.ClearField("raw_data")
+            pos = start + n
+
+    atomic_write_bytes(p.with_name(data_name), chunks())
+    for (tensor, _), (start, n) in zip(layout, offsets):
         tensor.ClearField("raw_data")
-        offset += len(raw)
-    atomic_write_bytes(p.with_name(data_name), chunks)
+        _set_external(tensor, data_name, start, n)
     atomic_write_bytes(p, proto.SerializeToString(deterministic=True))
 
 

@@ -93,6 +93,48 @@ class Model:
         proto.functions.extend(self.functions)
         return proto
 
+    def constant_bytes(self) -> int:
+        """Bytes of constant data in the top-level graph (weights not loaded yet count by their declared size)."""
+        return sum(getattr(t._values, "nbytes", 0) for t in self.tensor_map().values() if isinstance(t, gs.Constant))
+
+    def is_large(self) -> bool:
+        """True when a full export would approach protobuf's 2 GiB limit: exports then keep weights apart."""
+        return self.constant_bytes() > LARGE_MODEL_BYTES
+
+    def export_split(self, min_bytes: int = 1 << 20, *, as_inputs: bool = False
+                     ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """Export with top-level constants of ``min_bytes`` or more held out of the proto, for models above 2 GiB.
+
+        Returns the proto and ``{name: array}`` of what was held out. Each held-out weight stays an initializer
+        whose data is external (``location`` ``<memory>``: to be supplied by the caller, e.g. onnxruntime's
+        external initializers or a data file), or with ``as_inputs=True`` becomes a graph input of its type and
+        shape (a valid model for onnx.checker and shape inference).
+        """
+        used = {id(t) for n in self.graph.nodes for t in n.inputs if isinstance(t, gs.Constant)}
+        swapped, arrays = [], {}
+        for t in self.tensor_map().values():
+            if id(t) not in used or getattr(t._values, "nbytes", 0) < min_bytes:
+                continue
+            stub = onnx.TensorProto(name=t.name, data_type=_onnx_dtype(t), dims=list(t.shape))
+            arrays[t.name] = t.values
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", "<memory>"), ("offset", "0"), ("length", str(arrays[t.name].nbytes))):
+                stub.external_data.add(key=key, value=value)
+            swapped.append((t, t._values))
+            t._values = gs.ir.tensor.LazyValues(stub)
+        try:
+            proto = self.to_onnx()
+        finally:
+            for t, values in swapped:
+                t._values = values
+        if as_inputs:
+            held = [i for i in proto.graph.initializer if i.name in arrays]
+            for init in held:
+                proto.graph.initializer.remove(init)
+                proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                                           list(init.dims)))
+        return proto, arrays
+
     def _skeleton(self) -> onnx.ModelProto:
         swapped = []
         for t in self.tensor_map().values():
@@ -111,7 +153,9 @@ class Model:
         source)."""
         graph = self.graph.copy()
         for t in graph.tensors().values():
-            if isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues):
+            # read-only arrays (weights memory-mapped from a large model's data file) are shared, never written
+            if (isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues)
+                    and getattr(t._values, "flags", None) is not None and t._values.flags.writeable):
                 t._values = np.array(t._values, copy=True)
         other = Model(graph, opset_imports=self.opset_imports, ir_version=self.ir_version,
                       producer_name=self.producer_name, producer_version=self.producer_version,
@@ -173,6 +217,8 @@ class Model:
 
 
 SKELETON_MIN_BYTES = 4096
+#: Constants above this many bytes make a model "large" (see :meth:`Model.is_large`).
+LARGE_MODEL_BYTES = 1 << 30
 
 
 def _onnx_dtype(t: gs.Constant) -> int:

@@ -18,8 +18,15 @@ def session(
     threads: int = 0,
     optimize: bool = True,
 ) -> ort.InferenceSession:
-    """An onnxruntime session for ``model``; ``extra_outputs`` exposes intermediate tensors as outputs too."""
-    proto = model.to_onnx() if isinstance(model, Model) else model
+    """An onnxruntime session for ``model``; ``extra_outputs`` exposes intermediate tensors as outputs too.
+
+    A large :class:`Model` (beyond protobuf's 2 GiB) keeps its big weights out of the serialized model: see
+    :class:`_WeightsFed`."""
+    held: dict[str, np.ndarray] = {}
+    if isinstance(model, Model) and model.is_large():
+        proto, held = model.export_split(as_inputs=True)
+    else:
+        proto = model.to_onnx() if isinstance(model, Model) else model
     extra = [n for n in dict.fromkeys(extra_outputs) if n not in {o.name for o in proto.graph.output}]
     if extra:
         copy = onnx.ModelProto()
@@ -34,10 +41,32 @@ def session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot load the model: {msg}") from None
+    return _WeightsFed(sess, {k: np.ascontiguousarray(v) for k, v in held.items()}) if held else sess
+
+
+class _WeightsFed:
+    """A session of a large model whose big weights are graph inputs, fed on every run from the model's own arrays.
+
+    onnxruntime copies initializers it is given (even external ones) but reads input feeds in place, so this keeps
+    one copy of the weights in memory (memory-mapped from the data file where the model was loaded from one).
+    Callers see the model's own inputs only."""
+
+    def __init__(self, sess: ort.InferenceSession, weights: dict[str, np.ndarray]):
+        self._sess = sess
+        self._weights = weights
+
+    def run(self, output_names, input_feed, *args, **kwargs):
+        return self._sess.run(output_names, {**input_feed, **self._weights}, *args, **kwargs)
+
+    def get_inputs(self):
+        return [i for i in self._sess.get_inputs() if i.name not in self._weights]
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict:

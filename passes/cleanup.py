@@ -208,20 +208,26 @@ def eliminate_dead(model: Model) -> int:
 
 def dedupe_constants(model: Model, min_bytes: int = 0) -> int:
     """Make nodes share one Constant where several hold identical values (same dtype, shape, bytes)."""
+    uses = [(node, i, t) for node in model.graph.nodes for i, t in enumerate(node.inputs) if isinstance(t, gs.Constant)]
+    # only constants that share dtype and shape with another can be equal: hash just those (in place, no copies)
+    kinds: dict[tuple, set[int]] = {}
+    for _, _, t in uses:
+        kinds.setdefault((str(t.dtype), tuple(t.shape or ())), set()).add(id(t))
     seen: dict[tuple, gs.Constant] = {}
     merged = 0
-    for node in model.graph.nodes:
-        for i, t in enumerate(node.inputs):
-            if not isinstance(t, gs.Constant):
-                continue
-            v = np.asarray(t.values)
-            if v.nbytes < min_bytes:
-                continue
-            key = (v.dtype.str, v.shape, hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
-            first = seen.setdefault(key, t)
-            if first is not t:
-                node.inputs[i] = first
-                merged += 1
+    for node, i, t in uses:
+        kind = (str(t.dtype), tuple(t.shape or ()))
+        if len(kinds[kind]) < 2:
+            continue
+        v = np.asarray(t.values)  # (not ascontiguousarray: it turns a scalar into shape (1,))
+        if v.nbytes < min_bytes or v.dtype.kind == "O":  # strings: their bytes are pointers
+            continue
+        flat = np.ascontiguousarray(v).reshape(-1)
+        digest = hashlib.sha256(memoryview(flat).cast("B") if flat.size else b"").hexdigest()
+        first = seen.setdefault((v.dtype.str, v.shape, digest), t)
+        if first is not t:
+            node.inputs[i] = first
+            merged += 1
     return merged
 
 

@@ -61,13 +61,25 @@ def _why_not(producer: gs.Node | None, bn: gs.Node, graph: gs.Graph) -> str | No
     return None
 
 
+def _scaled(w: np.ndarray, scale: np.ndarray, dtype, chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """``(w * scale).astype(dtype)`` computed in float64, a block of rows at a time (``scale`` broadcasts against
+    ``w`` with a leading dimension of 1 or ``w.shape[0]``), so a large weight never has a float64 copy in memory."""
+    out = np.empty(w.shape, dtype=dtype)
+    rows = max(1, chunk_bytes // max(1, (w.nbytes // max(1, w.shape[0])) * 8 // max(1, w.itemsize)))
+    for start in range(0, w.shape[0], rows):
+        sl = slice(start, start + rows)
+        s = scale[sl] if scale.shape[0] != 1 else scale
+        out[sl] = (w[sl].astype(np.float64) * s).astype(dtype)
+    return out
+
+
 def _fold_conv(node: gs.Node, p: BNParams, model: Model) -> str | None:
     w = np.asarray(node.inputs[1].values)
     if w.shape[0] != p.channels and node.op == "Conv":
         return "channel count mismatch"
     dtype = w.dtype
     if node.op == "Conv":
-        w2 = w.astype(np.float64) * p.scale.reshape(-1, *([1] * (w.ndim - 1)))
+        w2 = _scaled(w, p.scale.reshape(-1, *([1] * (w.ndim - 1))), dtype)
     else:  # ConvTranspose weight: [Cin, Cout/group, *k]; output channel o = g * (Cout/group) + j
         group = int(node.attrs.get("group", 1))
         cin, cpg = w.shape[0], w.shape[1]
@@ -107,10 +119,7 @@ def _fold_gemm(node: gs.Node, p: BNParams, model: Model, out_rank: int | None) -
     n_out = w.shape[0] if trans_b else w.shape[1]
     if n_out != p.channels:
         return "Gemm output channels differ from BN channels"
-    if trans_b:
-        w2 = w.astype(np.float64) * p.scale[:, None]
-    else:
-        w2 = w.astype(np.float64) * p.scale[None, :]
+    w2 = _scaled(w, p.scale[:, None] if trans_b else p.scale[None, :], dtype)
     beta = float(node.attrs.get("beta", 1.0))
     c = G.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     c = np.zeros(p.channels) if c is None else np.asarray(c, dtype=np.float64) * beta

@@ -249,6 +249,11 @@ class Conv(Handler):
             return
         g = int(node.attrs.get("group", 1))
         cout, cin_g = w.shape[0], w.shape[1]
+        if g < 1 or cout % g:
+            an.declare(x, 1)
+            an.declare(y, 1)
+            block_unhandled(node, an, f"{node.op}: group={g} does not divide {cout} output channels")
+            return
         xi, yi = an.declare(x, 1, cin_g * g), an.declare(y, 1, cout)
         if xi is None or yi is None:
             block_unhandled(node, an, f"{node.op}: channel counts unknown")

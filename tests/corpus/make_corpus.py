@@ -89,6 +89,13 @@ def build_corpus(folder: str | os.PathLike) -> dict[str, tuple[Path, set[int]]]:
     bad_w = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [("x", [1, 3, 8, 8])], [("y", [1, 4, 6, 6])],
                    [numpy_helper.from_array(_w((4, 5, 3, 3)), "w")])
     add("conv_weight_mismatch", bad_w, BAD)
+    zero_group = _conv_bn()
+    zero_group.graph.node[0].attribute.append(helper.make_attribute("group", 0))
+    add("conv_group_zero", zero_group, BAD)
+    # a node name that is not UTF-8 (protobuf hands such strings back as bytes)
+    named = _conv_bn()
+    named.graph.node[0].name = "conv_NAME_"
+    add("name_not_utf8", named.SerializeToString().replace(b"conv_NAME_", b"conv\xae\xffNAME"), BAD)
     add("bool_input", _model([helper.make_node("Not", ["x"], ["y"])], [("x", [1, 4], TensorProto.BOOL)],
                              [("y", [1, 4], TensorProto.BOOL)]), OK)
     add("string_input", _model([helper.make_node("Identity", ["x"], ["y"])], [("x", [1, 2], TensorProto.STRING)],

@@ -11,6 +11,9 @@ SECONDS = float(os.environ.get("COMPRESS_GRAPH_FUZZ_SECONDS", "900"))  # a safet
 # Case seeds that once crashed (replayed exactly: model, pipeline and mutations all follow from the seed).
 REGRESSIONS = [
     2123138028,  # Concat with an empty (absent) required input reached quant placement: KeyError ''
+    1945388564,  # a node name that is not UTF-8: protobuf returned bytes, export crashed
+    1570134099,  # Conv group=0: ZeroDivisionError in prune's Conv handler
+    1382979217,  # the same on yolo_s / prune
 ]
 
 
