@@ -364,6 +364,8 @@ def load(path: str | os.PathLike, *, min_opset: int = MIN_OPSET) -> Model:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{where}: not an ONNX model (protobuf parse failed: {_first_line(exc)})") from None
+    external = any(external_data_helper.uses_external_data(t)
+                   for t in external_data_helper._get_all_tensors(proto))
     deferred = _resolve_external_data(proto, p.parent, where)
     proto = normalize(proto, where, min_opset=min_opset)
     deferred.restore(proto)
@@ -372,6 +374,8 @@ def load(path: str | os.PathLike, *, min_opset: int = MIN_OPSET) -> Model:
     except Exception as exc:
         raise ModelError(f"{where}: cannot import graph: {_first_line(exc)}") from None
     deferred.attach(model, where)
+    if external:
+        model.annotations["external_data"] = True
     return model
 
 
@@ -428,13 +432,14 @@ def save(model: Model | onnx.ModelProto, path: str | os.PathLike, *, external_da
     """Save atomically and deterministically.
 
     External data (one ``<name>.data`` file beside the model) is used automatically when the weights approach the
-    2 GiB protobuf limit, or when ``external_data=True``. A :class:`Model` is written from its arrays, one tensor at
+    2 GiB protobuf limit or the model was loaded from a file with external data, or when ``external_data=True``. A :class:`Model` is written from its arrays, one tensor at
     a time, without building a full protobuf (memory stays near the size of the weights themselves).
     """
     p = Path(path)
     if isinstance(model, Model):
-        if external_data is None:
-            external_data = model.constant_bytes() > EXTERNAL_DATA_THRESHOLD
+        if external_data is None:  # a model loaded with external data keeps that layout
+            external_data = (bool(model.annotations.get("external_data"))
+                             or model.constant_bytes() > EXTERNAL_DATA_THRESHOLD)
         if not external_data:
             atomic_write_bytes(p, model.to_onnx().SerializeToString(deterministic=True))
             return

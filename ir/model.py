@@ -95,7 +95,7 @@ class Model:
 
     def constant_bytes(self) -> int:
         """Bytes of constant data in the top-level graph (weights not loaded yet count by their declared size)."""
-        return sum(getattr(t._values, "nbytes", 0) for t in self.tensor_map().values() if isinstance(t, gs.Constant))
+        return sum(getattr(t._values, "nbytes", 0) for t in self.graph.tensors().values() if isinstance(t, gs.Constant))
 
     def is_large(self) -> bool:
         """True when a full export would approach protobuf's 2 GiB limit: exports then keep weights apart."""
@@ -112,7 +112,7 @@ class Model:
         """
         used = {id(t) for n in self.graph.nodes for t in n.inputs if isinstance(t, gs.Constant)}
         swapped, arrays = [], {}
-        for t in self.tensor_map().values():
+        for t in self.graph.tensors().values():  # not the cached map: a pass may be mid-edit
             if id(t) not in used or getattr(t._values, "nbytes", 0) < min_bytes:
                 continue
             stub = onnx.TensorProto(name=t.name, data_type=_onnx_dtype(t), dims=list(t.shape))
@@ -137,7 +137,7 @@ class Model:
 
     def _skeleton(self) -> onnx.ModelProto:
         swapped = []
-        for t in self.tensor_map().values():
+        for t in self.graph.tensors().values():  # not the cached map: a pass may be mid-edit
             if isinstance(t, gs.Constant) and getattr(t._values, "nbytes", 0) > SKELETON_MIN_BYTES:
                 stub = onnx.TensorProto(name=t.name, data_type=_onnx_dtype(t), dims=list(t.shape))
                 swapped.append((t, t._values))

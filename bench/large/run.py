@@ -1,11 +1,11 @@
 """A model above the 2 GB protobuf limit through the command line: load, fold-bn, cleanup, verify, save.
 
 Builds a seeded 9-layer 1x1-conv network with BatchNorm after every conv (8192 channels: 9 x 256 MiB of weights,
-2.4 GB in one external data file beside the model), runs `compress-graph model.onnx --passes fold-bn,cleanup -o out`
-in a fresh subprocess, and reports wall time and the child's peak RSS next to the model size, then checks the
-saved model (external data beside it, inside out/) in onnxruntime against the original.
+2.4 GB in one external data file beside the model), runs `compress-graph model.onnx --passes P -o out` in a fresh
+subprocess for each pipeline P, and reports wall time and the child's own peak RSS (wait4) next to the model size,
+then runs the saved model (external data beside it, inside out/) in onnxruntime against the original.
 
-    python bench/large/run.py [--channels 8192] [--layers 9] [--no-verify] [--keep DIR]
+    python bench/large/run.py [--passes fold-bn,cleanup --passes fold-bn,prune ...] [--no-verify] [--json F]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,10 +55,30 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
+def _run_command(model: Path, out: Path, passes: str, verify: bool, log: Path) -> dict:
+    cmd = [sys.executable, "-m", "compress_graph.cli", "run", str(model), "--passes", passes, "-o", str(out)]
+    cmd += [] if verify else ["--no-verify"]
+    t0 = time.perf_counter()
+    with open(log, "w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        code = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read()
+    wall = time.perf_counter() - t0
+    if code != 0:
+        sys.exit(f"compress-graph failed ({code}): {stderr.strip()[-500:]}")
+    files = sorted(p.name for p in out.iterdir())
+    return {"passes": passes, "verify": verify, "wall_s": round(wall, 1), "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "out_files": files,
+            "out_bytes": sum((out / n).stat().st_size for n in files if n.startswith("model.onnx"))}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--channels", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=9)
+    ap.add_argument("--passes", action="append", help="pipeline(s) to run (default: fold-bn,cleanup)")
     ap.add_argument("--no-verify", action="store_true", help="pass --no-verify to the command (no onnxruntime run)")
     ap.add_argument("--keep", help="build and write here instead of a temporary folder")
     ap.add_argument("--json", help="write the result here")
@@ -74,31 +95,18 @@ def main(argv=None) -> dict:
         subprocess.run([sys.executable, __file__, "--build-only", str(src), "--channels", str(args.channels),
                         "--layers", str(args.layers)], check=True)
         model = src / "large.onnx"
-        in_bytes = _size(src)
-        out = root / "out"
-        cmd = [sys.executable, "-m", "compress_graph.cli", "run", str(model), "--passes", "fold-bn,cleanup",
-               "-o", str(out)] + (["--no-verify"] if args.no_verify else [])
-        t0 = time.perf_counter()
-        with open(root / "stderr.txt", "w+") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            err.seek(0)
-            stderr = err.read()
-        wall = time.perf_counter() - t0
-        peak_kib = usage.ru_maxrss
-        if proc.returncode != 0:
-            sys.exit(f"compress-graph failed ({proc.returncode}): {stderr.strip()[-500:]}")
-        out_files = sorted(p.name for p in out.iterdir())
-        out_bytes = sum((out / n).stat().st_size for n in out_files if n.startswith("model.onnx"))
-        result = {"model_bytes": in_bytes, "out_bytes": out_bytes, "out_files": out_files, "wall_s": round(wall, 1),
-                  "peak_rss_bytes": peak_kib * 1024, "peak_over_model": round(peak_kib * 1024 / in_bytes, 2),
-                  "verify": not args.no_verify, "channels": args.channels, "layers": args.layers}
-        # the output must run and match the original (a fresh process: the command's own check is not trusted)
-        check = subprocess.run([sys.executable, "-c", _CHECK % args.channels, str(model), str(out / "model.onnx")],
-                               capture_output=True, text=True)
-        result["max_abs_diff"] = float(check.stdout.strip()) if check.returncode == 0 else check.stderr[-300:]
-    print(json.dumps(result, indent=1))
+        result = {"model_bytes": _size(src), "channels": args.channels, "layers": args.layers, "runs": []}
+        for i, passes in enumerate(args.passes or ["fold-bn,cleanup"]):
+            out = root / f"out{i}"
+            run = _run_command(model, out, passes, not args.no_verify, root / f"stderr{i}.txt")
+            run["peak_over_model"] = round(run["peak_rss_bytes"] / result["model_bytes"], 2)
+            # the output must run; its relative difference from the original, checked in a fresh process
+            check = subprocess.run([sys.executable, "-c", _CHECK % args.channels, str(model), str(out / "model.onnx")],
+                                   capture_output=True, text=True)
+            run["rel_diff"] = float(check.stdout.strip()) if check.returncode == 0 else check.stderr[-300:]
+            result["runs"].append(run)
+            shutil.rmtree(out)
+            print(json.dumps(run), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result

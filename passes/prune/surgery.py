@@ -47,14 +47,25 @@ def refresh_shapes(model: Model, kept: dict[str, np.ndarray]) -> Model:
         if isinstance(t, gs.Variable) and id(t) not in io:
             t.shape = None
     G.remove_dead(graph)
-    proto = model.to_onnx()
-    try:
-        proto = _infer(proto)
-    except Exception:  # the model is still valid without value_info; checker and ORT infer on their own
-        pass
-    out = Model.from_onnx(proto, base_dir=model.base_dir)
-    out.metadata = dict(model.metadata)
-    out.annotations = dict(model.annotations)
+    if model.is_large():  # no round trip through one protobuf: infer on a skeleton, set shapes in place
+        out = model
+        model.invalidate()
+        try:
+            inferred = _infer(model.to_onnx(weights=False))
+        except Exception:
+            inferred = None
+        if inferred is not None:
+            _set_shapes(graph, list(inferred.graph.value_info) + list(inferred.graph.output))
+        out.invalidate()
+    else:
+        proto = model.to_onnx()
+        try:
+            proto = _infer(proto)
+        except Exception:  # the model is still valid without value_info; checker and ORT infer on their own
+            pass
+        out = Model.from_onnx(proto, base_dir=model.base_dir)
+        out.metadata = dict(model.metadata)
+        out.annotations = dict(model.annotations)
     bn = out.annotations.get("bn_stats")
     if bn:
         new_bn = {}
@@ -67,6 +78,19 @@ def refresh_shapes(model: Model, kept: dict[str, np.ndarray]) -> Model:
                                       else v) for key, v in st.items()}
         out.annotations["bn_stats"] = new_bn
     return out
+
+
+def _set_shapes(graph: gs.Graph, infos: list[onnx.ValueInfoProto]) -> None:
+    by_name = {vi.name: vi for vi in infos if vi.type.HasField("tensor_type")}
+    for t in graph.tensors().values():
+        vi = by_name.get(t.name)
+        if not isinstance(t, gs.Variable) or vi is None:
+            continue
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        if tt.elem_type:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:

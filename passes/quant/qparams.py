@@ -66,12 +66,15 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> QParams:
 def weight_scales(w: np.ndarray, axis: int | None, bits: int = 8) -> np.ndarray:
     """Symmetric scales ``max|w| / (2^(bits-1) - 1)`` per slice along ``axis`` (per-tensor when ``axis`` is None)."""
     qmax = 2 ** (bits - 1) - 1
-    a = np.abs(np.asarray(w, dtype=np.float64))
+    w = np.asarray(w)
+    if w.dtype.kind != "f":
+        w = w.astype(np.float64)
+    # |w| and max are exact in the weight's own float type: no float64 copy of a large weight
     if axis is None:
-        amax = np.array(a.max() if a.size else 0.0)
+        amax = np.array(np.abs(w).max() if w.size else 0.0)
     else:
-        amax = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
-    scale = amax / qmax
+        amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    scale = amax.astype(np.float64) / qmax
     # an all-zero channel: any positive scale represents it exactly
     scale = np.where(scale > MIN_SCALE, scale, 1.0)
     return scale.astype(np.float32)
@@ -85,8 +88,16 @@ def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None, bits: in
         shape = [1] * w.ndim
         shape[axis] = -1
         s = s.reshape(shape)
-    q = np.clip(np.round(np.asarray(w, dtype=np.float64) / s), -qmax, qmax)
-    return q.astype(np.int8)
+    w = np.asarray(w)
+    out = np.empty(w.shape, dtype=np.int8)
+    if w.ndim == 0:
+        return np.clip(np.round(np.float64(w) / s), -qmax, qmax).astype(np.int8)
+    rows = max(1, (1 << 26) // max(1, 8 * w[0].size))  # float64 work in blocks of ~64 MB
+    for start in range(0, w.shape[0], rows):
+        sl = slice(start, start + rows)
+        ss = s[sl] if (s.ndim == w.ndim and s.shape[0] == w.shape[0] and w.shape[0] > 1) else s
+        out[sl] = np.clip(np.round(np.asarray(w[sl], dtype=np.float64) / ss), -qmax, qmax)
+    return out
 
 
 def dequantize_weight(q: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
