@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -90,9 +91,51 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed earlier run left beside ``out`` (``.OUT.tmp-PID-*`` folders of dead processes); if it
+    died between moving the previous output aside and moving the new one in, put the previous output back."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)(-.*)?$")
+    try:
+        entries = sorted(out.parent.iterdir(), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        m = pattern.match(e.name)
+        if not m or not e.is_dir() or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not out.exists():
+            os.replace(e, out)
+        else:
+            shutil.rmtree(e, ignore_errors=True)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
 def _commit_output_dir(tmp: Path, out: Path) -> None:
     """Move the finished temp folder into place; an existing output folder is replaced only if it holds only our
-    outputs (never a user's other files)."""
+    outputs (never a user's other files). The swap is one atomic exchange where Linux offers it, so a kill at any
+    moment leaves the previous output or the new one."""
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"output path '{out}' exists and is not a folder")
@@ -101,6 +144,9 @@ def _commit_output_dir(tmp: Path, out: Path) -> None:
         if foreign:
             raise UsageError(f"output folder '{out}' holds other files ({', '.join(sorted(foreign)[:3])}); "
                              "use a new or empty folder")
+        if _rename_exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the previous output
+            return
         backup = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, backup)
         os.replace(tmp, out)
@@ -251,7 +297,15 @@ def _run(o: dict[str, Any]) -> None:
     model = io.load(o["model"])
     out = Path(o["output"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _clean_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    # scratch files of this run and of its workers (TVM's builders write to the temp dir) live inside the temp
+    # output folder, so a killed run leaves nothing elsewhere and the next run clears it (_clean_stale)
+    work = tmp / ".work"
+    work.mkdir()
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(work)
+    tempfile.tempdir = str(work)
     try:
         _echo(f"running {len(passes)} pass(es): {o['pipeline'] or '(none)'}", quiet)
         result, report = run_pipeline(
@@ -271,10 +325,17 @@ def _run(o: dict[str, Any]) -> None:
         # paths recorded while building point into the temp folder; the report names the final one
         text = text.replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1])
         (tmp / "report.json").write_text(text)
+        shutil.rmtree(work, ignore_errors=True)
         _commit_output_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
     if not quiet:
         click.echo(format_table(report), err=True)
         for w in report.get("warnings", []):

@@ -39,3 +39,25 @@ def test_case(case, pipeline, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("error:"), err
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "out"] == []  # no temp folder left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_case_with_target(case, tmp_path, capsys):
+    """The same contract through `--target host` (TVM import and build): exit 5 with one line where TVM cannot take
+    a valid model, never a traceback or a partial output folder."""
+    pytest.importorskip("tvm")
+    path, expected = CORPUS[case]
+    out = tmp_path / "out"
+    rc = main([str(path), "--passes", "fold-bn", "--target", "host", "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    allowed = expected | ({5} if 0 in expected else set())
+    assert rc in allowed, f"{case}: exit {rc}, expected {sorted(allowed)}: {err.strip()}"
+    if rc == 0:
+        assert (out / "model.onnx").is_file() and (out / "host").is_dir()
+    else:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "out"] == []

@@ -85,3 +85,83 @@ def test_sigkill_leaves_previous_or_new_output(tmp_path):
         assert data in (previous, new), f"partial output after kill at {delay}s"
         onnx.checker.check_model(onnx.load_from_string(data))
         assert (out / "report.json").is_file()
+    # the next run clears what the killed ones left beside the output
+    again = subprocess.run(_cmd(YOLO, "--passes", "fold-bn,cleanup", "-o", out, "-q"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "o"]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temp_folders_of_dead_runs_are_cleared(tmp_path):
+    """A run killed mid-swap left the previous output in '.o.old-PID' and no 'o': it is put back, then replaced;
+    temp folders of dead runs go; a live process's temp folder is left alone."""
+    dead = _dead_pid()
+    out = tmp_path / "o"
+    old = tmp_path / f".o.old-{dead}"
+    old.mkdir()
+    (old / "model.onnx").write_bytes(b"previous")
+    (tmp_path / f".o.tmp-{dead}-abc").mkdir()
+    live = tmp_path / f".o.tmp-{os.getpid()}-xyz"
+    live.mkdir()
+    r = subprocess.run(_cmd(YOLO, "--passes", "cleanup", "-o", out, "-q"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o", live.name])
+    onnx.checker.check_model(onnx.load(out / "model.onnx"))
+
+
+@pytest.mark.slow
+def test_kill_during_tuning_leaves_nothing_behind(tmp_path):
+    """SIGKILL while MetaSchedule tunes: no output folder, no worker left running, nothing written outside the
+    output's parent folder (TVM's builders write to the temp dir: ours points inside the run's temp folder), and
+    the next run clears the killed run's temp folder."""
+    pytest.importorskip("tvm")
+    psutil = pytest.importorskip("psutil")
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    out = tmp_path / "o"
+    env = {**os.environ, "TMPDIR": str(systmp)}
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(_cmd(str(MODELS / "resnet_s.onnx"), "--passes", "", "--target", "host",
+                                     "--tune", "64", "-o", out), stderr=fh, stdout=fh, env=env)
+    deadline = time.monotonic() + 300
+    while "tuning" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, log.read_text()
+    time.sleep(4)  # builders and runners are at work now
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not out.exists()
+    # onnxruntime's native library keeps one session-id file ('.ses', 51 bytes, reused) in the temp dir at import
+    assert [p.name for p in systmp.iterdir() if p.name != ".ses"] == []
+    r = subprocess.run(_cmd(YOLO, "--passes", "", "-o", out, "-q"), capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "o", "systmp"]
+
+
+@pytest.mark.slow
+def test_library_is_deterministic_across_hash_seeds_and_threads(tmp_path):
+    """The compiled library (and model.json with its sha256) is byte-identical across processes, hash seeds and
+    thread counts."""
+    pytest.importorskip("tvm")
+    libs = []
+    for i, (seed, threads) in enumerate([("1", "1"), ("4242", "2")]):
+        out = tmp_path / f"o{i}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": threads, "TVM_NUM_THREADS": threads}
+        r = subprocess.run(_cmd(str(MODELS / "face_s.onnx"), "--passes", "fold-bn", "--target", "host", "-o", out,
+                                "-q"), env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr
+        files = sorted(p for p in (out / "host").rglob("*") if p.is_file() and p.suffix in (".so", ".json"))
+        assert any(p.suffix == ".so" for p in files)
+        libs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in files})
+    assert libs[0].keys() == libs[1].keys()
+    different = [k for k in libs[0] if libs[0][k] != libs[1][k]]
+    assert not different, different

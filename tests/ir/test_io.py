@@ -223,3 +223,13 @@ def test_model_above_2gb_compresses_with_bounded_memory():
     assert run["rel_diff"] < 1e-5
     assert "model.onnx.data" in run["out_files"]
     assert run["peak_rss_bytes"] < 3 * result["model_bytes"]
+
+
+def test_external_data_layout_round_trips(tmp_path):
+    """A model loaded with its weights in a data file beside it is saved the same way (no threshold involved)."""
+    src = load(MODELS / "resnet_s.onnx")
+    save(src, tmp_path / "a" / "m.onnx", external_data=True)
+    save(load(tmp_path / "a" / "m.onnx"), tmp_path / "b" / "m.onnx")
+    assert (tmp_path / "b" / "m.onnx.data").is_file()
+    assert (tmp_path / "b" / "m.onnx").stat().st_size < 64 * 1024
+    assert_close(onnx.load(MODELS / "resnet_s.onnx"), onnx.load(tmp_path / "b" / "m.onnx"), rtol=0, atol=0)
