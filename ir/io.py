@@ -432,8 +432,8 @@ def save(model: Model | onnx.ModelProto, path: str | os.PathLike, *, external_da
     """Save atomically and deterministically.
 
     External data (one ``<name>.data`` file beside the model) is used automatically when the weights approach the
-    2 GiB protobuf limit or the model was loaded from a file with external data, or when ``external_data=True``. A :class:`Model` is written from its arrays, one tensor at
-    a time, without building a full protobuf (memory stays near the size of the weights themselves).
+    2 GiB protobuf limit or the model was loaded from a file with external data, or when ``external_data=True``.
+    A :class:`Model` is then written from its arrays, one tensor at a time, without building a full protobuf.
     """
     p = Path(path)
     if isinstance(model, Model):
