@@ -124,6 +124,18 @@ def build_corpus(folder: str | os.PathLike) -> dict[str, tuple[Path, set[int]]]:
                   helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
                  [("x", [1, 4])], [("y", [1, 4])], [numpy_helper.from_array(np.array(0, np.float32), "zero")])
     add("if_subgraph", iff, OK)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "x"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])])
+    loop = _model([helper.make_node("Loop", ["trips", "keep", "x"], ["y"], body=body)], [("x", [1, 4])],
+                  [("y", [1, 4])], [numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                                    numpy_helper.from_array(np.array(True), "keep")])
+    add("loop_subgraph", loop, OK)
     fn = helper.make_function("local", "MyRelu", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
                               [helper.make_opsetid("", 17)])
     fmodel = _model([helper.make_node("MyRelu", ["x"], ["y"], domain="local")], [("x", [1, 4])], [("y", [1, 4])],
