@@ -26,6 +26,7 @@ from pathlib import Path
 THREADS = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--threads"), "1")
 os.environ["TVM_NUM_THREADS"] = THREADS
 ROOT = Path(__file__).resolve().parents[2]
+STRATEGY = ["evolutionary"]  # set from --strategy
 if str(ROOT.parent) not in sys.path:  # pragma: no cover - running from a checkout without an install
     sys.path.insert(0, str(ROOT.parent))
 
@@ -63,7 +64,7 @@ def _tuned(mod, target, work: Path, trials: int, per_task: int, reuse: bool) -> 
     if reuse and not (records.exists() and records.stat().st_size):
         return None, 0.0
     if not reuse:
-        tune(mod, target, work, trials, per_task=per_task)
+        tune(mod, target, work, trials, per_task=per_task, strategy=STRATEGY[0])
     spent = time.time() - start
     return compile_module(mod, target, work), spent
 
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model and variant (0: none)")
     ap.add_argument("--per-task", type=int, default=16)
+    ap.add_argument("--strategy", choices=["evolutionary", "random"], default="evolutionary",
+                    help="MetaSchedule search (random = ReplayTrace sampling of the design space)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3, help="timing window per variant per round")
     ap.add_argument("--work", default="/tmp/compress_graph_bench_int8")
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(Path(__file__).with_name("results.json")))
     ap.add_argument("--render", nargs="+", metavar="JSON", help="only print the table of earlier results")
     args = ap.parse_args(argv)
+    STRATEGY[0] = args.strategy
     if args.render:
         print(render(args.render))
         return 0
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = facts
         print(json.dumps({name: facts}, indent=1), flush=True)
     meta = {"threads": args.threads, "trials": args.trials, "per_task": args.per_task, "rounds": args.rounds,
+            "strategy": args.strategy,
             "target": str(target),
             "load_avg_at_end": os.getloadavg()}
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")

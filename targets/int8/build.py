@@ -49,7 +49,8 @@ TUNED_OPS = ("conv2d", "matmul", "dense")
 
 
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path, trials: int, *,
-         per_task: int = 16, seed: int = 0, op_names: tuple[str, ...] | None = TUNED_OPS):
+         per_task: int = 16, seed: int = 0, op_names: tuple[str, ...] | None = TUNED_OPS,
+         strategy: str = "evolutionary"):
     """MetaSchedule over the preprocessed ``mod``; records go to ``work_dir`` (JSON database).
 
     Only tasks whose fused name contains one of ``op_names`` are tuned (None: all): on small models the
@@ -58,9 +59,15 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path, tri
     from tvm.s_tir import meta_schedule as ms
 
     prepare_for_tuning(target)
+    if strategy not in ("evolutionary", "random"):
+        raise ValueError(f"unknown search strategy {strategy!r}")
+    # "random" = ReplayTrace: samples the design space directly (the evolutionary search, on the small packed
+    # convs of models/, stops proposing new candidates after its first round: "Got 0 candidate(s)")
+    search = ms.search_strategy.ReplayTrace() if strategy == "random" else "evolutionary"
     return ms.relax_integration.tune_relax(
         mod=mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
-        max_trials_per_task=per_task, num_trials_per_iter=min(per_task, 16), cost_model="xgb", seed=seed,
+        max_trials_per_task=per_task, num_trials_per_iter=min(per_task, 16),
+        cost_model="random" if strategy == "random" else "xgb", seed=seed, strategy=search,
         builder=fast_builder(), op_names=list(op_names) if op_names else None)
     # (a smaller evolutionary population looked cheaper but starves: with the VNNI rule most random samples
     # fail postprocessing, and after the first round every task produced 0 candidates)
