@@ -150,13 +150,17 @@ class Model:
 
     def copy(self) -> Model:
         """A deep copy: new graph objects and new weight arrays (lazily loaded weights share their read-only
-        source)."""
+        source; a large model's weights are shared and made read-only)."""
+        share = self.is_large()  # beyond 2 GiB a copy of every weight costs too much: share them, read-only
         graph = self.graph.copy()
         for t in graph.tensors().values():
             # read-only arrays (weights memory-mapped from a large model's data file) are shared, never written
             if (isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues)
                     and getattr(t._values, "flags", None) is not None and t._values.flags.writeable):
-                t._values = np.array(t._values, copy=True)
+                if share:
+                    t._values.flags.writeable = False  # passes replace weights; none may write into a shared one
+                else:
+                    t._values = np.array(t._values, copy=True)
         other = Model(graph, opset_imports=self.opset_imports, ir_version=self.ir_version,
                       producer_name=self.producer_name, producer_version=self.producer_version,
                       metadata=self.metadata, functions=[_copy_function(f) for f in self.functions],

@@ -233,3 +233,20 @@ def test_external_data_layout_round_trips(tmp_path):
     assert (tmp_path / "b" / "m.onnx.data").is_file()
     assert (tmp_path / "b" / "m.onnx").stat().st_size < 64 * 1024
     assert_close(onnx.load(MODELS / "resnet_s.onnx"), onnx.load(tmp_path / "b" / "m.onnx"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pipeline", ["fold-bn,prune{ratio=0.3}", "fold-bn,quant", "lowrank{energy=0.9}"])
+def test_large_model_path_through_passes(tmp_path, monkeypatch, pipeline):
+    """Every pass on the large-model path (memory-mapped, shared read-only weights): it completes, verification runs
+    and the saved model matches what the same pipeline gives on the ordinary path."""
+    from compress_graph import run_pipeline
+
+    ref, _ = run_pipeline(load(MODELS / "resnet_s.onnx"), pipeline, verify=False)
+    save(ref, tmp_path / "ref.onnx")
+    _as_large(monkeypatch)
+    save(load(MODELS / "resnet_s.onnx"), tmp_path / "src" / "m.onnx")
+    out, report = run_pipeline(load(tmp_path / "src" / "m.onnx"), pipeline)
+    assert all(r.get("verify", {}).get("checker", "ok") == "ok" for r in report["passes"])
+    save(out, tmp_path / "out" / "m.onnx")
+    assert (tmp_path / "out" / "m.onnx.data").is_file()
+    assert_close(onnx.load(tmp_path / "ref.onnx"), onnx.load(tmp_path / "out" / "m.onnx"), rtol=1e-5, atol=1e-5)
