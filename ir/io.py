@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -64,23 +65,18 @@ class _Deferred:
     def attach(self, model: Model, where: str) -> None:
         if not self.tensors:
             return
-        missing = set(self.tensors)
         for t in model.graph.tensors().values():
             spec = self.tensors.get(t.name)
-            if spec is None or not isinstance(t, gs.Constant):
-                continue
-            missing.discard(t.name)
+            if spec is None:
+                continue  # (an unused weight is not imported at all)
+            if not isinstance(t, gs.Constant):  # it must not stay in the graph without its data
+                raise ModelError(f"{where}: weight '{t.name}' is not a constant after loading")
             tensor, target, offset, length = spec
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
             try:
                 t._values = np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.dims))
             except (OSError, ValueError) as exc:
                 raise ModelError(f"{where}: tensor '{t.name}': cannot map external data: {_first_line(exc)}") from None
-        if missing:  # e.g. an unused weight dropped on import: it must not come back without its data
-            model.graph.cleanup()
-            still = {n for n in missing if n in model.graph.tensors()}
-            if still:
-                raise ModelError(f"{where}: weights {sorted(still)[:3]} lost their data while loading")
 
 
 def _memmappable(tensor: onnx.TensorProto) -> bool:
@@ -129,11 +125,11 @@ def _resolve_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -
     deferred = _Deferred()
     defer = sum(f[3] for f in found) > DEFER_EXTERNAL_ABOVE
     top = {id(t) for t in proto.graph.initializer}
-    names = [t.name for t in proto.graph.initializer]
+    names = Counter(t.name for t in proto.graph.initializer)
     for tensor, target, offset, length in found:
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
-        if (defer and length >= DEFER_TENSOR_MIN and id(tensor) in top and names.count(tensor.name) == 1
+        if (defer and length >= DEFER_TENSOR_MIN and id(tensor) in top and names[tensor.name] == 1
                 and _memmappable(tensor)):
             _check_tensor_data(tensor, where, nbytes=length)
             deferred.hold(proto, tensor, target, offset, length)

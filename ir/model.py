@@ -76,7 +76,6 @@ class Model:
         if not weights:
             return self._skeleton()
         proto = gs.export_onnx(self.graph, do_type_check=False)
-        _drop_outer_scope_value_info(proto.graph, top=True)
         del proto.opset_import[:]
         for domain in sorted(self.opset_imports):
             proto.opset_import.append(onnx.helper.make_opsetid(domain, self.opset_imports[domain]))
@@ -242,20 +241,3 @@ def shallow_attrs(node: gs.Node) -> dict[str, Any]:
     """A copy of a node's attributes safe to edit."""
     return copy.copy(node.attrs)
 
-
-def _drop_outer_scope_value_info(graph: onnx.GraphProto, top: bool = False) -> None:
-    """graphsurgeon writes shapes for outer-scope values into a subgraph's value_info; runtimes then infer branch
-    outputs with shapes the original left open (onnxruntime rejects a Range fed by such an If). A subgraph keeps
-    value_info only for what its own nodes produce."""
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
-                        list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
-                _drop_outer_scope_value_info(sub)
-    if top:
-        return
-    produced = {o for n in graph.node for o in n.output}
-    keep = [vi for vi in graph.value_info if vi.name in produced]
-    if len(keep) != len(graph.value_info):
-        del graph.value_info[:]
-        graph.value_info.extend(keep)

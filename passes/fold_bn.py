@@ -65,7 +65,7 @@ def _scaled(w: np.ndarray, scale: np.ndarray, dtype, chunk_bytes: int = 1 << 26)
     """``(w * scale).astype(dtype)`` computed in float64, a block of rows at a time (``scale`` broadcasts against
     ``w`` with a leading dimension of 1 or ``w.shape[0]``), so a large weight never has a float64 copy in memory."""
     out = np.empty(w.shape, dtype=dtype)
-    rows = max(1, chunk_bytes // max(1, (w.nbytes // max(1, w.shape[0])) * 8 // max(1, w.itemsize)))
+    rows = max(1, chunk_bytes // max(1, 8 * (w.size // max(1, w.shape[0]))))  # float64 bytes per block
     for start in range(0, w.shape[0], rows):
         sl = slice(start, start + rows)
         s = scale[sl] if scale.shape[0] != 1 else scale
