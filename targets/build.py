@@ -69,17 +69,58 @@ def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str) -> tuple[
 
 
 def _output_scales(model: onnx.ModelProto) -> list[float]:
+    """Per graph output, how far one quantization step of its 8-bit source can move it (NaN: not known).
+
+    A DequantizeLinear output: its scale. A float Gemm/MatMul of a dequantized input and constant weights
+    (a classifier head left in float): one step on every input element moves output j by at most
+    ``scale * sum_i |W[i, j]|``. Shape-only ops in between do not change it.
+    """
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
+
+    def source(name: str):
+        node = producers.get(name)
+        while node is not None and node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
+            node = producers.get(node.input[0])
+        return node
+
+    def dq_scale(node) -> float | None:
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            return float(np.abs(inits[node.input[1]]).max())
+        return None
+
+    def const_weight(name: str) -> np.ndarray | None:
+        if name in inits:
+            return inits[name].astype(np.float64)
+        node = producers.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input[:2]):
+            return None
+        q = inits[node.input[0]].astype(np.float64)
+        scale = inits[node.input[1]].astype(np.float64)
+        zp = inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] in inits else 0.0
+        if np.ndim(scale) == 1 and scale.size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zp = np.reshape(zp, shape) if np.ndim(zp) == 1 else zp
+        return (q - zp) * scale
+
     scales = []
     for out in model.graph.output:
-        node = producers.get(out.name)
-        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
-            scales.append(float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1).max()))
-        else:
-            scales.append(float("nan"))
+        node = source(out.name)
+        step = dq_scale(node)
+        if step is None and node is not None and node.op_type in ("Gemm", "MatMul"):
+            step_in, w = dq_scale(source(node.input[0])), const_weight(node.input[1])
+            attrs = {a.name: a for a in node.attribute}
+            if step_in is not None and w is not None and w.ndim == 2 and "transA" not in attrs:
+                if node.op_type == "Gemm" and attrs.get("transB") is not None and attrs["transB"].i:
+                    w = w.T
+                alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
+                step = step_in * abs(alpha) * float(np.abs(w).sum(axis=0).max())
+        scales.append(float("nan") if step is None else step)
     return scales
 
 
@@ -199,13 +240,19 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         mod = prepare(mod, target)
     except Exception as exc:
         raise TargetError(f"TVM could not lower the model for {spec.name}: {_first_line(exc)}") from None
+    hand_schedules = bool(int8_report.get("converted")) and module.DEVICE == "cpu" \
+        and options.get("schedule", "sample") != "none"
+    if hand_schedules:
+        from compress_graph.targets.int8.schedule import schedule_int8_kernels
     timings["import_s"] = round(time.monotonic() - t0, 2)
 
     db_dir = Path(tuning_db) if tuning_db else out / "tuning"
     tune_report: dict[str, Any] = {"trials_per_task": tune_trials, "db": str(db_dir)}
     if tune_trials > 0:
         compiler = getattr(module, "COMPILER", None)
-        tune_report.update(tuning.tune(mod, target, db_dir, tune_trials, rpc=rpc, compiler=compiler,
+        # the kernels with a hand-written int8 schedule are not tuned: tuning sees them scheduled
+        tune_mod = schedule_int8_kernels(mod, target)[0] if hand_schedules else mod
+        tune_report.update(tuning.tune(tune_mod, target, db_dir, tune_trials, rpc=rpc, compiler=compiler,
                                        time_budget_s=time_budget_s, progress=say))
     elif tuning_db is not None and not tuning.has_records(db_dir):
         raise TargetError(f"--tuning-db {db_dir}: no MetaSchedule records there (database_tuning_record.json)")
@@ -219,8 +266,13 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
             for f in ("database_workload.json", "database_tuning_record.json"):
                 shutil.copyfile(db_dir / f, out / "tuning" / f)
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    tuned = sum(1 for f in kernels if schedule._is_scheduled(f))
+    tuned = sum(1 for f in kernels if schedule.is_scheduled(f))
+    hand: dict[str, Any] = {"scheduled": [], "failed": {}}
+    if hand_schedules:  # kernels without a tuning record
+        mod, hand = schedule_int8_kernels(mod, target)
     sched_report: dict[str, Any] = {"kernels": len(kernels), "from_tuning_records": tuned}
+    if hand["scheduled"] or hand["failed"]:
+        sched_report.update(int8_hand_scheduled=len(hand["scheduled"]), int8_hand_failed=hand["failed"])
     if module.DEVICE == "cpu" and options.get("schedule", "sample") == "none":
         sched_report.update(default="none (unscheduled loop nests)")
     elif module.DEVICE == "cpu":

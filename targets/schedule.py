@@ -37,7 +37,7 @@ def light_tensor_intrinsics(device: str = "cpu") -> None:
         importlib.import_module(f"{name}.{sub}")
 
 
-def _is_scheduled(func) -> bool:
+def is_scheduled(func) -> bool:
     attrs = func.attrs
     return attrs is not None and any(k in attrs and bool(attrs[k]) for k in (SCHEDULED_ATTR, "tir.is_scheduled"))
 
@@ -53,7 +53,7 @@ def sample_default_schedules(mod, target, *, seed: int = SEED, progress=None) ->
     funcs = sorted(((gv.name_hint, gv, f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)),
                    key=lambda item: item[0])
     for name, gv, func in funcs:
-        if _is_scheduled(func):
+        if is_scheduled(func):
             continue
         stats["kernels"] += 1
         task = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})

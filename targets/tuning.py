@@ -108,13 +108,15 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
     ``db_dir`` (appended to what is there). ``compiler`` links candidates for a board reached through RPC.
     ``time_budget_s`` stops the remaining tasks once a batch finishes past the deadline (records so far are kept)."""
     import tvm
-    from compress_graph.targets.schedule import light_tensor_intrinsics
+    from compress_graph.targets.schedule import is_scheduled, light_tensor_intrinsics
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule echoes its task tables to stdout at INFO; keep them in db_dir/logs only (progress() reports).
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     light_tensor_intrinsics("cuda" if target.kind.name == "cuda" else "cpu" if target.kind.name == "llvm" else "")
-    tasks = ms.relax_integration.extract_tasks(mod, target)
+    # kernels scheduled already (the hand-written int8 schedules) are not tuned
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if not any(is_scheduled(f) for disp in t.dispatched for _, f in disp.functions_items())]
     if not tasks:
         return {"tasks": 0, "trials": 0, "seconds": 0.0, "db": str(db_dir)}
     total = trials_per_task * len(tasks)
@@ -133,11 +135,13 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
     start = time.monotonic()
     try:
         with tvm.transform.PassContext(opt_level=3):
-            ms.relax_integration.tune_relax(
-                mod=mod, params={}, target=target, work_dir=str(db_dir), max_trials_global=total,
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                extracted_tasks=tasks, work_dir=str(db_dir), strategy=strategy, seed=seed)
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=total,
                 max_trials_per_task=trials_per_task, num_trials_per_iter=per_iter,
                 builder=builder, runner=runner_for(rpc), database=database(db_dir), cost_model=cost_model,
-                measure_callbacks=callbacks, strategy=strategy, seed=seed)
+                measure_callbacks=callbacks)
     except (TargetError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -33,6 +33,7 @@ if str(ROOT.parent) not in sys.path:  # pragma: no cover - running from a checko
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import tvm  # noqa: E402
+from compress_graph import load, run_pipeline, save  # noqa: E402
 from compress_graph.targets.int8 import lower_qdq  # noqa: E402
 from compress_graph.targets.int8.build import compile_module, preprocess, tune  # noqa: E402
 from compress_graph.targets.int8.testing import (  # noqa: E402
@@ -79,7 +80,11 @@ def prepare(name: str, args, target) -> tuple[dict, dict]:
     feeds = random_input(qdq, seed=1)
     int8_low, stats = lower_qdq(import_relax(qdq), target)
     int8_mod = preprocess(int8_low, target)
-    fp32_mod = preprocess(import_relax(onnx.load(str(fp32_path))), target)
+    # the fp32 baseline gets BN folded (fold-bn, as onnxruntime's quantizer pre-processing does for the QDQ
+    # model), so both TVM variants start from the same graph
+    folded = work / f"{name}_folded.onnx"
+    save(run_pipeline(load(fp32_path), "fold-bn", verify=False)[0], folded)
+    fp32_mod = preprocess(import_relax(onnx.load(str(folded))), target)
     facts = {"lower": {k: stats[k] for k in ("converted", "float", "by_op", "float_ops")}}
     executables = {"tvm int8 untuned": compile_module(int8_mod, target),
                    "tvm fp32 untuned": compile_module(fp32_mod, target)}

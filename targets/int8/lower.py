@@ -264,7 +264,9 @@ class QDQLowering(relax.PyExprMutator):
             n_out = w.shape[0]
             x, zp = self._input_for_dot(q)
             acc, block = self._conv(x, zp, w, attrs)
-            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_out // block, 1, 1, block)
+            # a packed conv may carry extra zero-weight output channels up to a whole block (24 -> 32)
+            n_acc = n_out if block is None else shape_of(acc)[1] * block
+            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(1, 2, 3))
         else:
             kind = "matmul"
@@ -276,27 +278,36 @@ class QDQLowering(relax.PyExprMutator):
             x, zp = self._input_for_dot(q)
             acc = self._emit(relax.op.matmul(x, relax.const(w, "int8"), out_dtype="int32"))
             w_sum = w.astype(np.int64).sum(axis=0)
+            n_acc = n_out
         s_w = np.broadcast_to(s_w.astype(np.float64), (n_out,))
         s_acc = np.float64(q.scale) * s_w
         b_int = np.zeros(n_out, np.int64) if bias is None else np.round(np.broadcast_to(bias, (n_out,)) / s_acc)
         b_eff = b_int.astype(np.int64) - zp * w_sum
         if np.any(np.abs(b_eff) >= 2**31):
             raise Refuse("bias does not fit int32")
+        mult = s_acc / np.float64(s_y)
+        if n_acc > n_out:  # padded channels: bias 0, any valid multiplier (the unpack drops them)
+            b_eff = np.concatenate([b_eff, np.zeros(n_acc - n_out, b_eff.dtype)])
+            mult = np.concatenate([mult, np.full(n_acc - n_out, mult[-1])])
         if np.any(b_eff):
             acc = self._emit(relax.op.add(acc, relax.const(b_eff.astype(np.int32).reshape(bshape), "int32")))
-        mult = s_acc / np.float64(s_y)
         out = emit_requant(self.builder_, acc, mult, z_y, out_dtype, bshape, lo=lo, hi=hi,
                            mode=self.opts.requant)
         if block is None:
             return kind, out
-        return kind + "_packed", self._unpack(self._emit(out), block)
+        return kind + "_packed", self._unpack(self._emit(out), block, n_out)
 
-    def _unpack(self, packed: relax.Expr, block: int) -> relax.Expr:
-        """Leave a packed 8-bit result in NCHW for the original consumers, remembering the packed one."""
+    def _unpack(self, packed: relax.Expr, block: int, channels: int | None = None) -> relax.Expr:
+        """Leave a packed 8-bit result in NCHW for the original consumers, remembering the packed one.
+
+        ``channels``: the real channel count when the packed tensor carries padding channels past it."""
         from compress_graph.targets.int8.packed import unpack_data
 
         self._pending_packed = (packed, block)
-        return unpack_data(packed, block)
+        out = unpack_data(packed, block)
+        if channels is not None and channels != shape_of(packed)[1] * block:
+            out = relax.op.strided_slice(self._emit(out), axes=[1], begin=[0], end=[channels])
+        return out
 
     def _matmul_weight(self, arg: relax.Expr) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Weight of ``x @ W`` as int8 (K, N): ``permute_dims(dq(W (N, K)))`` or ``dq(W (K, N))``."""
@@ -353,10 +364,13 @@ class QDQLowering(relax.PyExprMutator):
         tb = rescale_terms(self.builder_, xb, qb.zero_point, rb, bits)
         total = self._emit(relax.op.add(ta, tb) if sign > 0 else relax.op.subtract(ta, tb))
         out = emit_round_shift(self.builder_, total, bits, z_y, out_dtype, lo=lo, hi=hi)
-        return out if block is None else self._unpack(self._emit(out), block)
+        return out if block is None else self._unpack(self._emit(out), block, shape_of(call)[1])
 
     def _packed_pair(self, xa: relax.Expr, xb: relax.Expr):
-        """Packed versions of two same-shape NCHW operands (packing one if only the other is packed)."""
+        """Packed versions of two same-shape NCHW operands (packing one if only the other is packed).
+
+        Both packed with the same padding channels past the real ones (24 -> 32) also pair up: elementwise
+        ops keep the padding, and the unpack drops it."""
         from compress_graph.targets.int8.packed import pack_data
 
         pa, pb = self.packed_of.get(xa), self.packed_of.get(xb)
@@ -366,6 +380,9 @@ class QDQLowering(relax.PyExprMutator):
             same = shape_of(xa) == shape_of(xb)
         except Refuse:
             return None, None
+        if (same and pa is not None and pb is not None and pa[1] == pb[1]
+                and shape_of(pa[0]) == shape_of(pb[0])):
+            return pa, pb
         block = (pa or pb)[1]
         if not same or len(shape_of(xa)) != 4 or shape_of(xa)[1] % block:
             return None, None
@@ -378,15 +395,20 @@ class QDQLowering(relax.PyExprMutator):
     def _lower_multiply(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
         qa, qb = (self.defs.dequantized(a) for a in call.args)
+        xs = [self._new(qa.expr), self._new(qb.expr)]
+        pa, pb = self._packed_pair(*xs)
+        if pa is not None:  # e.g. SiLU's x * sigmoid(x) after a packed conv: stays packed
+            xs = [pa[0], pb[0]]
         terms = []
-        for q in (qa, qb):
-            t = relax.op.astype(self._new(q.expr), "int32")
+        for q, x in zip((qa, qb), xs, strict=True):
+            t = relax.op.astype(x, "int32")
             if q.zero_point:
                 t = relax.op.subtract(t, relax.const(q.zero_point, "int32"))
             terms.append(self._emit(t))
         prod = self._emit(relax.op.multiply(terms[0], terms[1]))
         mult = np.float64(qa.scale) * qb.scale / s_y
-        return emit_requant(self.builder_, prod, mult, z_y, out_dtype, (), lo=lo, hi=hi, mode=self.opts.requant)
+        out = emit_requant(self.builder_, prod, mult, z_y, out_dtype, (), lo=lo, hi=hi, mode=self.opts.requant)
+        return out if pa is None else self._unpack(self._emit(out), pa[1], shape_of(call)[1])
 
     def _lower_unary(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
@@ -403,10 +425,13 @@ class QDQLowering(relax.PyExprMutator):
         omin, omax = QRANGE[out_dtype]
         table = np.clip(np.round(out / np.float32(s_y)) + z_y, omin if lo is None else max(omin, lo),
                         omax if hi is None else min(omax, hi)).astype(out_dtype)
-        idx = relax.op.astype(self._new(q.expr), "int32")
+        x = self._new(q.expr)
+        packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
+        idx = relax.op.astype(x if packed is None else packed[0], "int32")
         if qmin:
             idx = relax.op.subtract(idx, relax.const(qmin, "int32"))
-        return relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
+        out = relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
+        return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
 
     # -- data movement and pooling ------------------------------------------------------------------
     def _lower_passthrough(self, call: relax.Call, ctx) -> relax.Expr:
@@ -422,7 +447,7 @@ class QDQLowering(relax.PyExprMutator):
                 packed[0], a.pool_size, a.strides, a.padding, a.dilation, bool(a.ceil_mode),
                 layout=f"NCHW{packed[1]}c"))
             out = self._rescale(q, pooled, *ctx)
-            return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), packed[1])
+            return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), packed[1], shape_of(x)[1])
         args = [x] + [self._new(a) for a in call.args[1:]]
         moved = self._emit(relax.Call(call.op, args, call.attrs))
         if name == "relax.image.resize2d":

@@ -64,6 +64,9 @@ def host_has_vnni() -> bool:
 @functools.cache
 def register_vnni_intrinsic() -> None:
     """Replace TVM's ``dot_16x4_vnni`` tensor intrinsic with one LLVM 22 accepts (idempotent)."""
+    from compress_graph.targets.schedule import light_tensor_intrinsics
+
+    light_tensor_intrinsics("cpu")  # only the CPU intrinsics: importing every backend's takes ~20 s
     import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the shipped intrinsics first
     from tvm.s_tir import TensorIntrin
     from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
@@ -114,38 +117,92 @@ class VnniConvEmitter:
     def __init__(self, target: tvm.target.Target):
         self.target = target
         self.packed_convs = 0
+        self.packed_depthwise = 0
         self._packed_inputs: dict = {}
 
     def __call__(self, bb: relax.BlockBuilder, x: relax.Expr, x_packed, zp: int, w: np.ndarray,
                  strides, pad, dilation, groups):
         n_out, n_in = w.shape[:2]
-        if groups != 1 or dtype_of(x) != "uint8" or n_out % OC_BLOCK:
+        if dtype_of(x) != "uint8":
             return None
-        if n_in % 4:  # e.g. an RGB stem: extra zero-weight input channels reach the 4-wide dot product
+        if groups != 1:
+            if groups == n_out and n_in == 1 and n_out % OC_BLOCK == 0:  # depthwise, channel multiplier 1
+                xp = self._packed_input(bb, x, x_packed, zp, OC_BLOCK, pad, 0)
+                kernel = relax.const(pack_depthwise_kernel(w), "int8")
+                acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(dilation))
+                self.packed_depthwise += 1
+                return acc, OC_BLOCK
+            return None
+        if n_out % OC_BLOCK:  # zero-weight output channels up to a whole block; the unpack drops them
+            w = np.concatenate([w, np.zeros((OC_BLOCK - n_out % OC_BLOCK,) + w.shape[1:], w.dtype)])
+            n_out = w.shape[0]
+        if x_packed is not None and x_packed[1] == OC_BLOCK and _channels(x_packed[0]) > n_in:
+            # the producer's packed result carries padding channels: they meet zero weights here
+            extra = _channels(x_packed[0]) - n_in
+        elif n_in % 4:  # e.g. an RGB stem: extra zero-weight input channels reach the 4-wide dot product
             extra = 4 - n_in % 4
-            w = np.concatenate([w, np.zeros((n_out, extra) + w.shape[2:], w.dtype)], axis=1)
-            n_in += extra
         else:
             extra = 0
+        if extra:
+            w = np.concatenate([w, np.zeros((n_out, extra) + w.shape[2:], w.dtype)], axis=1)
+            n_in += extra
         ic_bn = next(b for b in (16, 8, 4) if n_in % b == 0)
-        top, left, bottom, right = pad
-        if x_packed is not None and x_packed[1] == ic_bn and not extra:
-            xp = x_packed[0]
-            if any(pad):
-                xp = bb.emit(relax.op.nn.pad(xp, [0, 0, 0, 0, top, bottom, left, right, 0, 0], "constant",
-                                             float(zp)))
-        else:  # pad (with the zero point) and pack once per input, however many convs read it
-            key = (x, ic_bn, tuple(pad))
-            if key not in self._packed_inputs:
-                xs = x
-                if extra or any(pad):
-                    xs = bb.emit(relax.op.nn.pad(x, [0, 0, 0, extra, top, bottom, left, right], "constant",
-                                                 float(zp)))
-                self._packed_inputs[key] = pack_data(bb, xs, ic_bn)
-            xp = self._packed_inputs[key]
+        xp = self._packed_input(bb, x, x_packed, zp, ic_bn, pad, extra)
         kernel = relax.const(pack_kernel(w, ic_bn), "int8")
         acc = bb.emit_te(topi.nn.conv2d_NCHWc_int8, xp, kernel, list(strides), [0, 0, 0, 0], list(dilation),
                          f"NCHW{ic_bn}c", f"NCHW{OC_BLOCK}c", "int32")
         self.packed_convs += 1
         return acc, OC_BLOCK
 
+    def _packed_input(self, bb, x, x_packed, zp: int, block: int, pad, extra: int) -> relax.Expr:
+        """``x`` padded with its zero point (and ``extra`` zero channels) in NCHW[block]c: the packed producer's
+        result when there is one in that block, else packed once per input however many convs read it."""
+        top, left, bottom, right = pad
+        if x_packed is not None and x_packed[1] == block and _channels(x_packed[0]) == _channels(x) + extra:
+            xp = x_packed[0]
+            if any(pad):
+                xp = bb.emit(relax.op.nn.pad(xp, [0, 0, 0, 0, top, bottom, left, right, 0, 0], "constant",
+                                             float(zp)))
+            return xp
+        key = (x, block, tuple(pad))
+        if key not in self._packed_inputs:
+            xs = x
+            if extra or any(pad):
+                xs = bb.emit(relax.op.nn.pad(x, [0, 0, 0, extra, top, bottom, left, right], "constant",
+                                             float(zp)))
+            self._packed_inputs[key] = pack_data(bb, xs, block)
+        return self._packed_inputs[key]
+
+
+def _channels(x: relax.Expr) -> int:
+    """Channel count of an NCHW or NCHW[b]c tensor."""
+    shape = [int(d) for d in x.ty.shape.values]
+    return shape[1] * (shape[4] if len(shape) == 5 else 1)
+
+
+def pack_depthwise_kernel(w: np.ndarray) -> np.ndarray:
+    """Depthwise OIHW (C, 1, KH, KW) int8 -> (C/16, KH, KW, 16)."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c // OC_BLOCK, OC_BLOCK, kh, kw).transpose(0, 2, 3, 1))
+
+
+def depthwise_conv2d_nchwc_int8(data, kernel, strides, dilation):
+    """Depthwise conv on NCHW16c uint8 data (already padded) with (C/16, KH, KW, 16) int8 weights -> int32.
+
+    The 16 channels of a block are the vector lanes: no dot product, but unit-stride loads and no layout
+    change between the packed 1x1 convs around a depthwise conv (the block ``depthwise_conv2d_NCHWc_int8``)."""
+    from tvm import te
+
+    n, c_chunks, h, w, block = data.shape
+    _, kh, kw, _ = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    rh = te.reduce_axis((0, kh), name="rh")
+    rw = te.reduce_axis((0, kw), name="rw")
+    return te.compute(
+        (n, c_chunks, oh, ow, block),
+        lambda b, c, y, x, k: te.sum(
+            data[b, c, y * sh + rh * dh, x * sw + rw * dw, k].astype("int32") * kernel[c, rh, rw, k].astype("int32"),
+            axis=[rh, rw]),
+        name="depthwise_conv2d_NCHWc_int8")

@@ -1,0 +1,134 @@
+"""Hand-written schedules for the packed int8 kernels: usable speed without any tuning.
+
+The packed VNNI conv (``topi.nn.conv2d_NCHWc_int8``, the block ``conv2d_NCHWc_int8``) left to LLVM as a plain
+loop nest runs at ~5 GMAC/s, and MetaSchedule's VNNI design space for the small convs of edge models holds few
+distinct programs and rarely beats that (bench/int8/README.md). The schedule here is the classic direct-conv
+register blocking for a 16-lane dot-product instruction:
+
+    for (n, oc_chunk, oh)  parallel            # one output row of one 16-channel block per iteration
+      for ow_outer                              # REG_N output pixels at a time
+        acc[REG_N][16] = 0                      # int32, kept in vector registers
+        for ic_outer, kh, kw, ic_f_inner        # reduction
+          for ow_inner in 0..REG_N (unrolled)
+            acc[ow_inner] += vpdpbusd(data[4 x u8] broadcast, kernel[16 x 4 i8])
+        epilogue (bias, requant, clip, residual add ...) on acc, vectorized over the 16 channels
+
+Every elementwise block the fuser put after the conv is inlined into one epilogue computed per output tile,
+so the int32 accumulator never goes to memory as a whole tensor. Kernels the schedule does not fit keep
+whatever the caller does next (tuning records, sampled defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
+
+CONV_BLOCK = "conv2d_NCHWc_int8"
+DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
+VNNI_INTRIN = "dot_16x4_vnni"
+REG_N = 8  # output pixels per register tile: 8 int32x16 accumulators (4, 8, 16 measured alike on resnet_s)
+
+
+class NotAPackedConv(ValueError):
+    """The kernel has no packed-conv block."""
+
+
+def _open(func, block_name: str):
+    """(schedule, the named block, epilogue blocks): every elementwise block after it inlined into its last."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    try:
+        main = sch.get_sblock(block_name)
+    except Exception as exc:  # noqa: BLE001 - tvm raises its generic error for a missing block
+        raise NotAPackedConv(block_name) from exc
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    if sch.get(blocks[0]).name_hint != block_name:
+        raise ValueError("producers fused before the conv")
+    for block in blocks[1:-1]:  # the epilogue chain collapses into its last block
+        sch.compute_inline(block)
+    return sch, main, sch.get_child_blocks(root)[1:]
+
+
+def _register_tile(sch, loop, reg_n: int):
+    width = int(sch.get(loop).extent)
+    return sch.split(loop, [None, max(d for d in range(1, min(reg_n, width) + 1) if width % d == 0)])
+
+
+def schedule_vnni_conv(func, reg_n: int = REG_N):
+    """The scheduled PrimFunc for a fused packed conv (+ epilogue); raises if the kernel does not fit."""
+    sch, conv, epilogue = _open(func, CONV_BLOCK)
+    n, oc_chunk, oh, ow, oc_block, kh, kw, ic_outer, ic_f_inner, ic_s_inner = sch.get_loops(conv)
+    ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
+    sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, ic_s_inner)
+    sch.parallel(sch.fuse(n, oc_chunk, oh))
+    for block in epilogue:
+        sch.reverse_compute_at(block, ow_outer)
+    init = sch.decompose_reduction(conv, ic_outer)
+    sch.tensorize(oc_block, VNNI_INTRIN)
+    sch.unroll(ow_inner)
+    return _finish_after(sch, init, epilogue)
+
+
+def schedule_depthwise(func, reg_n: int = REG_N):
+    """The scheduled PrimFunc for a fused packed depthwise conv (+ epilogue): 16 channels = 16 int32 lanes."""
+    sch, conv, epilogue = _open(func, DEPTHWISE_BLOCK)
+    n, c_chunk, oh, ow, c_block, kh, kw = sch.get_loops(conv)
+    ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
+    sch.reorder(n, c_chunk, oh, ow_outer, kh, kw, ow_inner, c_block)
+    sch.parallel(sch.fuse(n, c_chunk, oh))
+    for block in epilogue:
+        sch.reverse_compute_at(block, ow_outer)
+    sch.vectorize(c_block)  # before the init is split off: the update block alone may not be vectorized
+    sch.unroll(ow_inner)
+    init = sch.decompose_reduction(conv, kh)
+    sch.unroll(kh)
+    sch.unroll(kw)
+    return _finish_after(sch, init, epilogue)
+
+
+def _finish_after(sch, init, epilogue):
+    """Init and epilogue vectorized over the 16 channels; the result marked scheduled."""
+    sch.vectorize(sch.get_loops(init)[-1])
+    for block in epilogue:
+        sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+_SCHEDULES = (schedule_vnni_conv, schedule_depthwise)
+
+
+def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
+    """Hand-schedule, in a new module, every not-yet-scheduled packed VNNI conv kernel of the fused ``mod``.
+
+    Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for packed convs the
+    schedule did not fit (they stay as they were).
+    """
+    from compress_graph.targets.int8.packed import has_vnni, register_vnni_intrinsic
+
+    stats: dict[str, Any] = {"scheduled": [], "failed": {}}
+    if not has_vnni(target):
+        return mod, stats
+    register_vnni_intrinsic()
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
+            continue
+        for fn in _SCHEDULES:
+            try:
+                updates[gv] = fn(func)
+                stats["scheduled"].append(gv.name_hint)
+            except NotAPackedConv:
+                continue
+            except Exception as exc:  # noqa: BLE001 - the kernel keeps the caller's default schedule
+                stats["failed"][gv.name_hint] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            break
+    if updates:
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+    stats["scheduled"].sort()
+    return mod, stats
