@@ -71,9 +71,10 @@ def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str) -> tuple[
 def _output_scales(model: onnx.ModelProto) -> list[float]:
     """Per graph output, how far one quantization step of its 8-bit source can move it (NaN: not known).
 
-    A DequantizeLinear output: its scale. A float Gemm/MatMul of a dequantized input and constant weights
-    (a classifier head left in float): one step on every input element moves output j by at most
-    ``scale * sum_i |W[i, j]|``. Shape-only ops in between do not change it.
+    A DequantizeLinear output: its scale. A float Gemm/MatMul/Conv of a dequantized input and constant
+    weights (a classifier or detection head left in float): one step on every input element moves output j
+    by at most ``scale * sum_i |W[i, j]|`` (for a conv: over output channel j's kernel). Shape-only ops in
+    between do not change it.
     """
     from onnx import numpy_helper
 
@@ -112,6 +113,10 @@ def _output_scales(model: onnx.ModelProto) -> list[float]:
     for out in model.graph.output:
         node = source(out.name)
         step = dq_scale(node)
+        if step is None and node is not None and node.op_type == "Conv":
+            step_in, w = dq_scale(source(node.input[0])), const_weight(node.input[1])
+            if step_in is not None and w is not None and w.ndim >= 3:  # (O, I/groups, k...): per output channel
+                step = step_in * float(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max())
         if step is None and node is not None and node.op_type in ("Gemm", "MatMul"):
             step_in, w = dq_scale(source(node.input[0])), const_weight(node.input[1])
             attrs = {a.name: a for a in node.attribute}

@@ -170,14 +170,16 @@ class QDQLowering(relax.PyExprMutator):
             if lin is not None:
                 return self._lower_linear(lin[0], lin[1], ctx)
             return "add", self._lower_binary(prod, +1, ctx)
-        if name in ("relax.nn.conv2d", "relax.matmul"):
+        if name in _LINEAR:
             return self._lower_linear(prod, None, ctx)
         if name == "relax.subtract":
             return "subtract", self._lower_binary(prod, -1, ctx)
         if name == "relax.multiply":
             return "multiply", self._lower_multiply(prod, ctx)
-        if name in _UNARY or name == "relax.clip":
+        if name in _UNARY or name in ("relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu"):
             return name.split(".")[-1], self._lower_unary(prod, ctx)
+        if name == "relax.nn.avg_pool2d":
+            return "avg_pool2d", self._lower_avg_pool(prod, ctx)
         if name in ("relax.nn.max_pool2d", "relax.image.resize2d") or name in _RESHAPES:
             return name.split(".")[-1], self._lower_passthrough(prod, ctx)
         if name == "relax.mean":
@@ -192,7 +194,7 @@ class QDQLowering(relax.PyExprMutator):
         raise Refuse("no integer rule")
 
     def _is_linear_or_add(self, expr: relax.Expr) -> bool:
-        return op_name(self.defs.resolve(expr)) in ("relax.add", "relax.nn.conv2d", "relax.matmul")
+        return op_name(self.defs.resolve(expr)) in ("relax.add", *_LINEAR)
 
     def _activation(self, act: relax.Expr, s_y: float, z_y: int):
         """Relu/Clip/max/min with constants in float == a clip in the 8-bit domain (quantization is
@@ -233,7 +235,7 @@ class QDQLowering(relax.PyExprMutator):
     def _split_bias(self, add: relax.Call) -> tuple[relax.Call, np.ndarray] | None:
         for lin_arg, bias_arg in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
             lin = self.defs.resolve(lin_arg)
-            if op_name(lin) in ("relax.nn.conv2d", "relax.matmul"):
+            if op_name(lin) in _LINEAR:
                 try:
                     return lin, self.defs.bias(bias_arg)
                 except Refuse:
@@ -268,6 +270,17 @@ class QDQLowering(relax.PyExprMutator):
             n_acc = n_out if block is None else shape_of(acc)[1] * block
             bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(1, 2, 3))
+        elif op_name(lin) == "relax.nn.conv2d_transpose":
+            kind = "conv2d_transpose"
+            w, s_w, axis = self.defs.weight(lin.args[1])
+            if s_w.size > 1 and axis != 1:
+                raise Refuse("weight scales not per output channel")
+            n_out = w.shape[1]
+            x, zp = self._input_for_dot(q)
+            acc, block = self._conv_transpose(x, zp, w, lin.attrs)
+            n_acc = n_out if block is None else shape_of(acc)[1] * block
+            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
+            w_sum = w.astype(np.int64).sum(axis=(0, 2, 3))
         else:
             kind = "matmul"
             w, s_w, axis, n_out = self._matmul_weight(lin.args[1])
@@ -328,15 +341,39 @@ class QDQLowering(relax.PyExprMutator):
             raise Refuse("matmul weight scales not per output column")
         return np.ascontiguousarray(w), s_w, axis, w.shape[1]
 
+    def _conv_transpose(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None]:
+        """A transposed conv as the ordinary conv it equals: the input dilated by the strides and padded by
+        ``dilation * (k - 1) - pad`` (+ output padding), both with the zero point (so every inserted value is a
+        real 0 and the ``z * sum(w)`` bias correction stays exact), then a stride-1 conv with the kernel
+        flipped and its in/out axes swapped. The conv itself takes the packed path where there is one."""
+        from tvm import topi
+
+        if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "IOHW" or int(attrs.groups) != 1:
+            raise Refuse(f"conv2d_transpose layout {attrs.data_layout}/{attrs.kernel_layout}, groups {attrs.groups}")
+        sh, sw = (int(v) for v in attrs.strides)
+        dh, dw = (int(v) for v in attrs.dilation)
+        top, left, bottom, right = (int(v) for v in attrs.padding)
+        oph, opw = (int(v) for v in attrs.output_padding)
+        kh, kw = w.shape[2:]
+        pad = [dh * (kh - 1) - top, dw * (kw - 1) - left, dh * (kh - 1) - bottom + oph, dw * (kw - 1) - right + opw]
+        if min(pad) < 0:
+            raise Refuse("conv2d_transpose padding larger than its kernel")
+        w_conv = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        xd = x
+        if (sh, sw) != (1, 1):
+            xd = self.builder_.emit_te(topi.nn.dilate, x, [1, 1, sh, sw], float(zp))
+        return self._conv_raw(xd, zp, w_conv, [1, 1], pad, [dh, dw], 1)
+
     def _conv(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None]:
         """int32 conv of an 8-bit input whose padding must carry the zero point, not 0.
 
         Returns (acc, block): block is the channel block of a packed NCHW[block]c result, else None.
         """
-        pad = [int(p) for p in attrs.padding]
-        strides = [int(s) for s in attrs.strides]
-        dilation = [int(d) for d in attrs.dilation]
-        groups = int(attrs.groups)
+        return self._conv_raw(x, zp, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+                              [int(d) for d in attrs.dilation], int(attrs.groups))
+
+    def _conv_raw(self, x: relax.Expr, zp: int, w: np.ndarray, strides: list[int], pad: list[int],
+                  dilation: list[int], groups: int) -> tuple[relax.Expr, int | None]:
         if self.opts.conv_emitter is not None:
             out = self.opts.conv_emitter(self.builder_, x, self.packed_of.get(x), zp, w, strides, pad,
                                          dilation, groups)
@@ -416,9 +453,19 @@ class QDQLowering(relax.PyExprMutator):
         qmin, qmax = QRANGE[q.dtype]
         codes = np.arange(qmin, qmax + 1, dtype=np.float32)
         real = (codes - np.float32(q.zero_point)) * np.float32(q.scale)
+        slopes = None
         if op_name(call) == "relax.clip":
             lo_f, hi_f = (_prim_float(a) for a in call.args[1:3])
             out = np.clip(real, -np.inf if lo_f is None else lo_f, np.inf if hi_f is None else hi_f)
+        elif op_name(call) == "relax.nn.leakyrelu":
+            alpha = np.float32(float(call.attrs.alpha))
+            out = np.where(real >= 0, real, real * alpha).astype(np.float32)
+        elif op_name(call) == "relax.nn.prelu":  # one table per channel
+            shape = shape_of(call.args[0])
+            if int(call.attrs.axis) != 1 or len(shape) != 4:
+                raise Refuse("prelu slope not per channel of NCHW")
+            slopes = np.broadcast_to(self.defs.bias(call.args[1]).astype(np.float32), (shape[1],))
+            out = np.where(real[None, :] >= 0, real[None, :], real[None, :] * slopes[:, None]).astype(np.float32)
         else:
             with np.errstate(over="ignore"):
                 out = _UNARY[op_name(call)](real.astype(np.float32)).astype(np.float32)
@@ -430,6 +477,17 @@ class QDQLowering(relax.PyExprMutator):
         idx = relax.op.astype(x if packed is None else packed[0], "int32")
         if qmin:
             idx = relax.op.subtract(idx, relax.const(qmin, "int32"))
+        if slopes is not None:  # row c of the table for channel c (padding channels of a packed tensor: row 0)
+            n_ch = table.shape[0]
+            if packed is None:
+                rows, shape = np.arange(n_ch), (1, n_ch, 1, 1)
+            else:
+                block = packed[1]
+                rows = np.arange(shape_of(packed[0])[1] * block)
+                rows[rows >= n_ch] = 0
+                shape = (1, rows.size // block, 1, 1, block)
+            idx = relax.op.add(idx, relax.const((rows * table.shape[1]).astype(np.int32).reshape(shape), "int32"))
+            table = table.reshape(-1)
         out = relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
         return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
 
@@ -453,6 +511,28 @@ class QDQLowering(relax.PyExprMutator):
         if name == "relax.image.resize2d":
             moved = self._emit(relax.op.astype(moved, q.dtype))
         return self._rescale(q, moved, *ctx)
+
+    def _lower_avg_pool(self, call: relax.Call, ctx) -> relax.Expr:
+        """AveragePool as a depthwise conv with a ones kernel (exact int32 window sums; packed where the
+        depthwise conv is), then one requant by ``s_x / (s_y * window)``. Padding is filled with the zero
+        point, so it must count in the average (``count_include_pad``) or be absent."""
+        s_y, z_y, out_dtype, lo, hi = ctx
+        a = call.attrs
+        if str(a.layout) != "NCHW" or bool(a.ceil_mode):
+            raise Refuse(f"avg_pool2d layout {a.layout}, ceil_mode {a.ceil_mode}")
+        pad = [int(p) for p in a.padding]
+        if any(pad) and not bool(a.count_include_pad):
+            raise Refuse("avg_pool2d padding excluded from the count")
+        q = self.defs.dequantized(call.args[0])
+        kh, kw = (int(k) for k in a.pool_size)
+        channels = shape_of(call.args[0])[1]
+        x, zp = self._input_for_dot(q)
+        acc, block = self._conv_raw(x, zp, np.ones((channels, 1, kh, kw), np.int8), [int(v) for v in a.strides],
+                                    pad, [int(v) for v in a.dilation], channels)
+        acc = self._emit(relax.op.subtract(acc, relax.const(zp * kh * kw, "int32"))) if zp else acc
+        out = emit_requant(self.builder_, acc, np.float64(q.scale) / (kh * kw * np.float64(s_y)), z_y, out_dtype,
+                           (), lo=lo, hi=hi, mode=self.opts.requant)
+        return out if block is None else self._unpack(self._emit(out), block, channels)
 
     def _lower_mean(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
@@ -485,6 +565,9 @@ class QDQLowering(relax.PyExprMutator):
             self._split_cache[key] = self._emit(relax.Call(split.op, [self._new(q.expr)], split.attrs))
         part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
         return self._rescale(q, part, *ctx)
+
+
+_LINEAR = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
 
 
 def _prim_float(expr: relax.Expr) -> float | None:

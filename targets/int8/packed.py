@@ -1,14 +1,20 @@
-"""Packed int8 convolutions that reach x86 VNNI (``vpdpbusd``) through MetaSchedule.
+"""Packed int8 convolutions that reach x86 VNNI (``vpdpbusd``).
 
-MetaSchedule's VNNI rule (``MultiLevelTilingWithIntrin`` + ``dot_16x4_vnni``) only fires on packed
-layouts: data NCHW[ic_bn]c (uint8), kernel OIHW[ic_bn/4]i16o4i (int8, prepacked here with numpy), output
-NCHW16c int32 — ``topi.nn.conv2d_NCHWc_int8``. The intrinsic shipped with TVM 0.27 fails LLVM 22's module
-verification (the operands must be <64 x i8>), so :func:`register_vnni_intrinsic` re-registers a fixed one;
-call it before tuning (it imports ``tvm.s_tir.tensor_intrin``: 10-60 s, so the lowering itself does not).
+The VNNI dot product (``dot_16x4_vnni``: 16 int32 lanes += 4 uint8 x 16x4 int8) needs packed layouts: data
+NCHW[ic_bn]c (uint8), kernel OIHW[ic_bn/4]i16o4i (int8, prepacked here with numpy), output NCHW16c int32 —
+``topi.nn.conv2d_NCHWc_int8``. targets/int8/schedule.py tensorizes it with a hand-written schedule;
+MetaSchedule's VNNI rule would too, but its space for small convs rarely beats plain loops (bench/int8). The
+intrinsic shipped with TVM 0.27 fails LLVM 22's module verification (the operands must be <64 x i8>), so
+:func:`register_vnni_intrinsic` re-registers a fixed one.
+
+Also packed: depthwise convs (NCHW16c, the 16 channels as vector lanes; :func:`depthwise_conv2d_nchwc_int8`),
+and convs whose channel count is not a multiple of 16 (zero-weight output channels up to a whole block: the
+padding channels travel with the packed tensor, meet zero weights in the next conv, and are sliced off when
+an unpacked consumer needs the tensor).
 
 Packed results stay packed: the lowering records, for each 8-bit output it unpacks, the packed tensor it
-came from, and the next conv (or residual add) reads that packed tensor directly, so the unpack / repack
-pair between consecutive packed ops becomes dead code and disappears.
+came from, and the next conv, residual add, multiply, table lookup or max-pool reads that packed tensor
+directly, so the unpack / repack pair between consecutive packed ops becomes dead code and disappears.
 """
 
 from __future__ import annotations
@@ -110,8 +116,8 @@ def packed_shape(n_out: int, block: int) -> tuple[int, ...]:
 class VnniConvEmitter:
     """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed u8 x s8 convs.
 
-    Returns ``(acc_int32_packed, block)`` or None when the conv does not fit (grouped/depthwise, signed
-    input, channels not multiples of 4 / 16); those keep the plain NCHW int8 conv.
+    Returns ``(acc_int32_packed, block)`` or None when the conv does not fit (signed input, groups other
+    than 1 or depthwise with a multiple of 16 channels); those keep the plain NCHW int8 conv.
     """
 
     def __init__(self, target: tvm.target.Target):

@@ -177,3 +177,95 @@ def test_project_quant_pass_output_lowers_and_matches(tmp_path):
     got = _run_tvm(low, HOST, feeds)
     want = ort_session(path).run(None, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def _conv_transpose_model(path: Path, strides=(2, 2), pads=(1, 1, 1, 1), output_padding=(1, 1)) -> Path:
+    """Conv -> Relu -> ConvTranspose (+bias) -> Relu: a pose/segmentation-style upsampling head."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    wt = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2, "wt")
+    bt = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.2, "bt")
+    out_hw = [(10 - 1) * s - p0 - p1 + 3 + op for s, p0, p1, op in
+              zip(strides, pads[:2], pads[2:], output_padding, strict=True)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("ConvTranspose", ["r1", "wt", "bt"], ["t"], strides=list(strides), pads=list(pads),
+                         output_padding=list(output_padding)),
+        helper.make_node("Relu", ["t"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "convt", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, 3, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, *out_hw])], [w1, wt, bt])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("geometry", [((2, 2), (1, 1, 1, 1), (1, 1)), ((2, 2), (0, 0, 0, 0), (0, 0)),
+                                      ((1, 1), (1, 0, 1, 2), (0, 0))])
+def test_conv_transpose_lowers_to_integer_and_matches(tmp_path, geometry):
+    """ConvTranspose = zero-point dilation + padding + an ordinary integer conv (exact at the borders)."""
+    path = quantize_qdq(_conv_transpose_model(tmp_path / "fp32.onnx", *geometry), tmp_path / "qdq.onnx")
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    assert stats["by_op"].get("conv2d_transpose") == 1 and stats["float"] == 0, stats
+    assert "R.nn.conv2d_transpose(" not in low.script()
+    got, want = _assert_within_one_step(path, low, HOST)
+    assert np.array_equal(got, want)  # bit-exact on this model: no tie falls differently
+
+
+def _pool_and_prelu_model(path: Path) -> Path:
+    """Conv -> LeakyRelu -> AveragePool 3x3/1 (zero padding counted) -> PRelu (per-channel slopes) ->
+    AveragePool 2x2/2 -> Conv: face-detector / classifier ops that onnxruntime runs in float between Q/DQ."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w1 = numpy_helper.from_array(rng.standard_normal((32, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    slope = numpy_helper.from_array(rng.uniform(0.05, 0.5, (32, 1, 1)).astype(np.float32), "slope")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 32, 1, 1)).astype(np.float32) * 0.2, "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["c1"], ["l1"], alpha=0.1),
+        helper.make_node("AveragePool", ["l1"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("PRelu", ["p1", "slope"], ["r1"]),
+        helper.make_node("AveragePool", ["r1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p2", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [w1, slope, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("target", [HOST, {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}],
+                         ids=["generic", "vnni-packed"])
+def test_avg_pool_leaky_relu_prelu_lower_and_match(tmp_path, target):
+    """The project's `quant` pass puts Q/DQ around PRelu (onnxruntime's quantizer leaves it float)."""
+    from compress_graph import load, run_pipeline, save
+    from compress_graph.targets.int8.packed import has_vnni, host_has_vnni
+
+    path = tmp_path / "qdq.onnx"
+    save(run_pipeline(load(_pool_and_prelu_model(tmp_path / "fp32.onnx")), "quant", verify=False, seed=0)[0], path)
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(target))
+    assert stats["float_ops"] == {"nn.conv2d": 1}, stats  # only the float head conv
+    assert stats["by_op"]["avg_pool2d"] == 2 and stats["by_op"]["leakyrelu"] == 1 and stats["by_op"]["prelu"] == 1
+    if has_vnni(tvm.target.Target(target)):
+        assert low.script().count("R.layout_transform(") == 2  # pools and tables run on the packed tensor
+        if not host_has_vnni():
+            pytest.skip("this CPU has no AVX-512 VNNI: cannot run VNNI code")
+    # the head conv stays float: one step on each of its inputs bounds the difference (what --verify-target uses)
+    from compress_graph.targets.build import _output_scales
+
+    model = onnx.load(str(path))
+    feeds = random_input(model, 3)
+    got = _run_tvm(low, target, feeds)
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= _output_scales(model)[0]

@@ -192,3 +192,15 @@ def test_yolo_packed_silu_matches_onnxruntime(tmp_path):
     got = _run(compile_module(mod, target), feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+@needs_vnni
+def test_pose_conv_transpose_runs_packed_and_matches(tmp_path):
+    path = quantize_qdq(MODELS / "pose_s.onnx", tmp_path / "pose_s.onnx")
+    mod, stats, target = _lowered(path)
+    assert stats["by_op"]["conv2d_transpose_packed"] == 1 and stats["float"] == 0
+    model = onnx.load(str(path))
+    feeds = random_input(model, seed=6)
+    got = _run(compile_module(mod, target), feeds)
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
