@@ -101,6 +101,15 @@ def runner_for(rpc: str | None):
         evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1), max_workers=1)
 
 
+def unscheduled_tasks(mod, target) -> list:
+    """MetaSchedule's tuning tasks of ``mod`` except kernels already scheduled (the hand-written int8 ones)."""
+    from compress_graph.targets.schedule import is_scheduled
+    from tvm.s_tir import meta_schedule as ms
+
+    return [t for t in ms.relax_integration.extract_tasks(mod, target)
+            if not any(is_scheduled(f) for disp in t.dispatched for _, f in disp.functions_items())]
+
+
 def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = None,
          compiler: str | None = None, time_budget_s: float | None = None, progress=None,
          seed: int = 0) -> dict[str, Any]:
@@ -108,15 +117,13 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
     ``db_dir`` (appended to what is there). ``compiler`` links candidates for a board reached through RPC.
     ``time_budget_s`` stops the remaining tasks once a batch finishes past the deadline (records so far are kept)."""
     import tvm
-    from compress_graph.targets.schedule import is_scheduled, light_tensor_intrinsics
+    from compress_graph.targets.schedule import light_tensor_intrinsics
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule echoes its task tables to stdout at INFO; keep them in db_dir/logs only (progress() reports).
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     light_tensor_intrinsics("cuda" if target.kind.name == "cuda" else "cpu" if target.kind.name == "llvm" else "")
-    # kernels scheduled already (the hand-written int8 schedules) are not tuned
-    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
-             if not any(is_scheduled(f) for disp in t.dispatched for _, f in disp.functions_items())]
+    tasks = unscheduled_tasks(mod, target)
     if not tasks:
         return {"tasks": 0, "trials": 0, "seconds": 0.0, "db": str(db_dir)}
     total = trials_per_task * len(tasks)

@@ -51,17 +51,9 @@ TUNED_OPS = ("conv2d", "matmul", "dense")
 def tunable_tasks(mod: tvm.IRModule, target: tvm.target.Target, op_names: tuple[str, ...] | None = None):
     """MetaSchedule's tasks of ``mod`` minus kernels already scheduled (the hand-written int8 schedules),
     restricted to fused names containing one of ``op_names`` (None: all)."""
-    from compress_graph.targets.schedule import is_scheduled
-    from tvm.s_tir import meta_schedule as ms
+    from compress_graph.targets.tuning import unscheduled_tasks
 
-    tasks = []
-    for task in ms.relax_integration.extract_tasks(mod, target):
-        if any(is_scheduled(func) for disp in task.dispatched for _, func in disp.functions_items()):
-            continue
-        if op_names and not any(op in task.task_name for op in op_names):
-            continue
-        tasks.append(task)
-    return tasks
+    return [t for t in unscheduled_tasks(mod, target) if not op_names or any(op in t.task_name for op in op_names)]
 
 
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path, trials: int, *,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from compress_graph.targets.int8.match import Definitions, QTensor, Refuse, op_name, shape_of
+from compress_graph.targets.int8.match import Definitions, QTensor, Refuse, channels_of, op_name, shape_of
 from compress_graph.targets.int8.requant import (
     QRANGE,
     add_frac_bits,
@@ -506,6 +506,15 @@ class QDQLowering(relax.PyExprMutator):
                 layout=f"NCHW{packed[1]}c"))
             out = self._rescale(q, pooled, *ctx)
             return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), packed[1], shape_of(x)[1])
+        if (name == "relax.image.resize2d" and packed is not None and str(call.attrs.layout) == "NCHW"
+                and channels_of(packed[0]) == shape_of(x)[1]):
+            a = call.attrs
+            moved = self._emit(relax.op.image.resize2d(
+                packed[0], call.args[1], [float(v) for v in a.roi], layout=f"NCHW{packed[1]}c",
+                method=str(a.method), coordinate_transformation_mode=str(a.coordinate_transformation_mode),
+                rounding_method=str(a.rounding_method), out_dtype=q.dtype))
+            out = self._rescale(q, moved, *ctx)
+            return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), packed[1], shape_of(x)[1])
         args = [x] + [self._new(a) for a in call.args[1:]]
         moved = self._emit(relax.Call(call.op, args, call.attrs))
         if name == "relax.image.resize2d":
@@ -552,8 +561,33 @@ class QDQLowering(relax.PyExprMutator):
         if not isinstance(items, relax.Tuple):
             raise Refuse("concat of a non-tuple")
         qs = [self.defs.dequantized(f) for f in items.fields]
-        parts = [self._emit(self._rescale(q, self._new(q.expr), *ctx)) for q in qs]
+        xs = [self._new(q.expr) for q in qs]
+        block = self._packed_block(xs, int(call.attrs.axis))
+        if block is not None:  # channel concat of packed tensors: whole blocks, stays packed
+            from compress_graph.targets.int8.packed import pack_data
+
+            packs = [self.packed_of[x][0] if x in self.packed_of else pack_data(self.builder_, x, block) for x in xs]
+            parts = [self._emit(self._rescale(q, px, *ctx)) for q, px in zip(qs, packs, strict=True)]
+            out = self._emit(relax.op.concat(parts, axis=1))
+            return self._unpack(out, block, shape_of(call)[1])
+        parts = [self._emit(self._rescale(q, x, *ctx)) for q, x in zip(qs, xs, strict=True)]
         return relax.op.concat(parts, axis=int(call.attrs.axis))
+
+    def _packed_block(self, xs: list[relax.Expr], axis: int) -> int | None:
+        """The channel block for a packed concat/split along ``axis`` of 4-D ``xs``: one of them is packed,
+        none carries padding channels, every channel count is a multiple of the block; else None."""
+        packs = [self.packed_of.get(x) for x in xs]
+        blocks = {p[1] for p in packs if p is not None}
+        if len(blocks) != 1:
+            return None
+        block = blocks.pop()
+        for x, p in zip(xs, packs, strict=True):
+            shape = shape_of(x)
+            if len(shape) != 4 or axis % 4 != 1 or shape[1] % block:
+                return None
+            if p is not None and channels_of(p[0]) != shape[1]:
+                return None
+        return block
 
     def _lower_split_item(self, item: relax.TupleGetItem, ctx) -> relax.Expr:
         split = self.defs.resolve(item.tuple_value)
@@ -561,13 +595,36 @@ class QDQLowering(relax.PyExprMutator):
             raise Refuse("tuple item of a non-split")
         q = self.defs.dequantized(split.args[0])
         key = item.tuple_value
+        x = self._new(q.expr)
+        axis = int(split.attrs.axis) % max(1, len(shape_of(x)))
+        bounds = _split_bounds(split.attrs.indices_or_sections, shape_of(x)[axis]) if axis == 1 else None
+        block = self._packed_block([x], axis) if bounds else None
+        if block is not None and all(b % block == 0 for b in bounds) and x in self.packed_of:
+            # channel split of a packed tensor at block boundaries: split the blocks, stay packed
+            if key not in self._split_cache:
+                self._split_cache[key] = self._emit(relax.op.split(
+                    self.packed_of[x][0], [b // block for b in bounds[1:-1]], axis=1))
+            part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
+            out = self._rescale(q, part, *ctx)
+            channels = bounds[int(item.index) + 1] - bounds[int(item.index)]
+            return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), block, channels)
         if key not in self._split_cache:
-            self._split_cache[key] = self._emit(relax.Call(split.op, [self._new(q.expr)], split.attrs))
+            self._split_cache[key] = self._emit(relax.Call(split.op, [x], split.attrs))
         part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
         return self._rescale(q, part, *ctx)
 
 
 _LINEAR = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
+
+
+def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:
+    """[0, i1, i2, ..., extent] for a split given as section count or split indices (None: uneven)."""
+    if isinstance(indices_or_sections, int | tvm.tirx.IntImm):
+        n = int(indices_or_sections)
+        if n <= 0 or extent % n:
+            return None
+        return [extent // n * i for i in range(n + 1)]
+    return [0, *(int(i) for i in indices_or_sections), extent]
 
 
 def _prim_float(expr: relax.Expr) -> float | None:

@@ -52,6 +52,12 @@ def shape_of(expr: relax.Expr) -> tuple[int, ...]:
         raise Refuse("dynamic shape") from exc
 
 
+def channels_of(expr: relax.Expr) -> int:
+    """Channel count of an NCHW or NCHW[b]c tensor."""
+    shape = shape_of(expr)
+    return shape[1] * (shape[4] if len(shape) == 5 else 1)
+
+
 def const_value(expr: relax.Expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 

@@ -23,7 +23,7 @@ import functools
 
 import numpy as np
 import tvm
-from compress_graph.targets.int8.match import dtype_of
+from compress_graph.targets.int8.match import channels_of, dtype_of
 from tvm import relax, topi
 
 OC_BLOCK = 16
@@ -142,9 +142,9 @@ class VnniConvEmitter:
         if n_out % OC_BLOCK:  # zero-weight output channels up to a whole block; the unpack drops them
             w = np.concatenate([w, np.zeros((OC_BLOCK - n_out % OC_BLOCK,) + w.shape[1:], w.dtype)])
             n_out = w.shape[0]
-        if x_packed is not None and x_packed[1] == OC_BLOCK and _channels(x_packed[0]) > n_in:
+        if x_packed is not None and x_packed[1] == OC_BLOCK and channels_of(x_packed[0]) > n_in:
             # the producer's packed result carries padding channels: they meet zero weights here
-            extra = _channels(x_packed[0]) - n_in
+            extra = channels_of(x_packed[0]) - n_in
         elif n_in % 4:  # e.g. an RGB stem: extra zero-weight input channels reach the 4-wide dot product
             extra = 4 - n_in % 4
         else:
@@ -164,7 +164,7 @@ class VnniConvEmitter:
         """``x`` padded with its zero point (and ``extra`` zero channels) in NCHW[block]c: the packed producer's
         result when there is one in that block, else packed once per input however many convs read it."""
         top, left, bottom, right = pad
-        if x_packed is not None and x_packed[1] == block and _channels(x_packed[0]) == _channels(x) + extra:
+        if x_packed is not None and x_packed[1] == block and channels_of(x_packed[0]) == channels_of(x) + extra:
             xp = x_packed[0]
             if any(pad):
                 xp = bb.emit(relax.op.nn.pad(xp, [0, 0, 0, 0, top, bottom, left, right, 0, 0], "constant",
@@ -178,12 +178,6 @@ class VnniConvEmitter:
                                              float(zp)))
             self._packed_inputs[key] = pack_data(bb, xs, block)
         return self._packed_inputs[key]
-
-
-def _channels(x: relax.Expr) -> int:
-    """Channel count of an NCHW or NCHW[b]c tensor."""
-    shape = [int(d) for d in x.ty.shape.values]
-    return shape[1] * (shape[4] if len(shape) == 5 else 1)
 
 
 def pack_depthwise_kernel(w: np.ndarray) -> np.ndarray:

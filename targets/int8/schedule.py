@@ -13,9 +13,10 @@ register blocking for a 16-lane dot-product instruction:
             acc[ow_inner] += vpdpbusd(data[4 x u8] broadcast, kernel[16 x 4 i8])
         epilogue (bias, requant, clip, residual add ...) on acc, vectorized over the 16 channels
 
-Every elementwise block the fuser put after the conv is inlined into one epilogue computed per output tile,
-so the int32 accumulator never goes to memory as a whole tensor. Kernels the schedule does not fit keep
-whatever the caller does next (tuning records, sampled defaults).
+Every elementwise block the fuser put after the conv is inlined into one epilogue computed per output tile
+right after the tile's accumulation, while it is still in cache. Packed depthwise convs get the same tiling
+with the 16 channels as int32 vector lanes (no dot product). Kernels the schedule does not fit keep whatever
+the caller does next (tuning records, sampled defaults); ``schedule_int8_kernels`` reports them.
 """
 
 from __future__ import annotations
