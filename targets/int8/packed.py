@@ -24,7 +24,7 @@ import functools
 import numpy as np
 import tvm
 from compress_graph.targets.int8.match import channels_of, dtype_of
-from tvm import relax, topi
+from tvm import relax
 
 OC_BLOCK = 16
 _VNNI_CPUS = {
@@ -133,9 +133,10 @@ class VnniConvEmitter:
             return None
         if groups != 1:
             if groups == n_out and n_in == 1 and n_out % OC_BLOCK == 0:  # depthwise, channel multiplier 1
-                xp = self._packed_input(bb, x, x_packed, zp, OC_BLOCK, pad, 0)
+                xp = self._packed_input(bb, x, x_packed, OC_BLOCK, 0)
                 kernel = relax.const(pack_depthwise_kernel(w), "int8")
-                acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(dilation))
+                acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation),
+                                 zp)
                 self.packed_depthwise += 1
                 return acc, OC_BLOCK
             return None
@@ -153,31 +154,81 @@ class VnniConvEmitter:
             w = np.concatenate([w, np.zeros((n_out, extra) + w.shape[2:], w.dtype)], axis=1)
             n_in += extra
         ic_bn = next(b for b in (16, 8, 4) if n_in % b == 0)
-        xp = self._packed_input(bb, x, x_packed, zp, ic_bn, pad, extra)
+        xp = self._packed_input(bb, x, x_packed, ic_bn, extra)
         kernel = relax.const(pack_kernel(w, ic_bn), "int8")
-        acc = bb.emit_te(topi.nn.conv2d_NCHWc_int8, xp, kernel, list(strides), [0, 0, 0, 0], list(dilation),
-                         f"NCHW{ic_bn}c", f"NCHW{OC_BLOCK}c", "int32")
+        acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp,
+                         primfunc_name_hint="conv2d_NCHWc_int8")
         self.packed_convs += 1
         return acc, OC_BLOCK
 
-    def _packed_input(self, bb, x, x_packed, zp: int, block: int, pad, extra: int) -> relax.Expr:
-        """``x`` padded with its zero point (and ``extra`` zero channels) in NCHW[block]c: the packed producer's
-        result when there is one in that block, else packed once per input however many convs read it."""
-        top, left, bottom, right = pad
+    def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
+        """``x`` (with ``extra`` zero channels) in NCHW[block]c: the packed producer's result when there is
+        one in that block, else packed once per input however many convs read it. Spatial padding is the
+        conv's own (with the zero point, inside the kernel)."""
         if x_packed is not None and x_packed[1] == block and channels_of(x_packed[0]) == channels_of(x) + extra:
-            xp = x_packed[0]
-            if any(pad):
-                xp = bb.emit(relax.op.nn.pad(xp, [0, 0, 0, 0, top, bottom, left, right, 0, 0], "constant",
-                                             float(zp)))
-            return xp
-        key = (x, block, tuple(pad))
+            return x_packed[0]
+        key = (x, block)
         if key not in self._packed_inputs:
-            xs = x
-            if extra or any(pad):
-                xs = bb.emit(relax.op.nn.pad(x, [0, 0, 0, extra, top, bottom, left, right], "constant",
-                                             float(zp)))
-            self._packed_inputs[key] = pack_data(bb, xs, block)
+            # one injective kernel (the fuser adds the producer's quantize to it): channels padded, packed
+            self._packed_inputs[key] = bb.emit_te(_pack_padded, x, block, extra, primfunc_name_hint="pack_input")
         return self._packed_inputs[key]
+
+
+def _pack_padded(data, block: int, extra: int):
+    """NCHW -> NCHW[block]c with ``extra`` zero channels appended."""
+    from tvm import te
+
+    n, c, h, w = data.shape
+    chunks = (c + extra) // block
+    zero = tvm.tirx.const(0, data.dtype)
+    return te.compute(
+        (n, chunks, h, w, block),
+        lambda i, j, y, x, k: te.if_then_else(j * block + k < c, data[i, j * block + k, y, x], zero)
+        if extra else data[i, j * block + k, y, x],
+        name="pack_input")
+
+
+def _zero_point_pad(data, padding, zp: int):
+    """NCHW[b]c ``data`` padded (top, left, bottom, right) with the zero point: the block ``data_pad_zp``,
+    which the hand schedule computes row by row inside the conv kernel."""
+    from tvm import te
+
+    top, left, bottom, right = padding
+    if not any(padding):
+        return data
+    n, c, h, w, b = data.shape
+    fill = tvm.tirx.const(zp, data.dtype)
+    return te.compute(
+        (n, c, h + top + bottom, w + left + right, b),
+        lambda i, j, y, x, k: te.if_then_else(
+            te.all(y >= top, y < h + top, x >= left, x < w + left), data[i, j, y - top, x - left, k], fill),
+        name="data_pad_zp")
+
+
+def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int):
+    """Packed u8 x s8 -> s32 conv: NCHW[ic_bn]c data, OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the
+    padding carries the zero point. Same reduction as ``topi.nn.conv2d_NCHWc_int8`` (block
+    ``conv2d_NCHWc_int8``), which pads with 0 and so needed a separate pad kernel before every conv."""
+    from tvm import te
+
+    data_pad = _zero_point_pad(data, padding, zp)
+    n, _, h, w, _ = data_pad.shape
+    oc_chunks, ic_chunks, kh, kw, ic_f, oc_bn, ic_s = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    rh = te.reduce_axis((0, kh), name="kh")
+    rw = te.reduce_axis((0, kw), name="kw")
+    ico = te.reduce_axis((0, ic_chunks), name="ic_outer")
+    icf = te.reduce_axis((0, ic_f), name="ic_f_inner")
+    ics = te.reduce_axis((0, ic_s), name="ic_s_inner")
+    return te.compute(
+        (n, oc_chunks, oh, ow, oc_bn),
+        lambda b, oc, y, x, ob: te.sum(
+            data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, icf * ic_s + ics].astype("int32")
+            * kernel[oc, ico, rh, rw, icf, ob, ics].astype("int32"),
+            axis=[rh, rw, ico, icf, ics]),
+        name="conv2d_NCHWc_int8")
 
 
 def pack_depthwise_kernel(w: np.ndarray) -> np.ndarray:
@@ -186,13 +237,15 @@ def pack_depthwise_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(c // OC_BLOCK, OC_BLOCK, kh, kw).transpose(0, 2, 3, 1))
 
 
-def depthwise_conv2d_nchwc_int8(data, kernel, strides, dilation):
-    """Depthwise conv on NCHW16c uint8 data (already padded) with (C/16, KH, KW, 16) int8 weights -> int32.
+def depthwise_conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int):
+    """Depthwise conv on NCHW16c uint8 data with (C/16, KH, KW, 16) int8 weights -> int32, padded with the
+    zero point.
 
     The 16 channels of a block are the vector lanes: no dot product, but unit-stride loads and no layout
     change between the packed 1x1 convs around a depthwise conv (the block ``depthwise_conv2d_NCHWc_int8``)."""
     from tvm import te
 
+    data = _zero_point_pad(data, padding, zp)
     n, c_chunks, h, w, block = data.shape
     _, kh, kw, _ = kernel.shape
     (sh, sw), (dh, dw) = strides, dilation

@@ -28,6 +28,7 @@ from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
 
 CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
+PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
 VNNI_INTRIN = "dot_16x4_vnni"
 REG_N = 8  # output pixels per register tile: 8 int32x16 accumulators (4, 8, 16 measured alike on resnet_s)
 
@@ -37,7 +38,8 @@ class NotAPackedConv(ValueError):
 
 
 def _open(func, block_name: str):
-    """(schedule, the named block, epilogue blocks): every elementwise block after it inlined into its last."""
+    """(schedule, the named block, its zero-point pad block or None, epilogue blocks): every elementwise block
+    after it inlined into the last one."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
@@ -47,11 +49,21 @@ def _open(func, block_name: str):
         raise NotAPackedConv(block_name) from exc
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
-    if sch.get(blocks[0]).name_hint != block_name:
+    pad = blocks[0] if sch.get(blocks[0]).name_hint == PAD_BLOCK else None
+    at = 1 if pad is not None else 0
+    if sch.get(blocks[at]).name_hint != block_name:
         raise ValueError("producers fused before the conv")
-    for block in blocks[1:-1]:  # the epilogue chain collapses into its last block
+    for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
         sch.compute_inline(block)
-    return sch, main, sch.get_child_blocks(root)[1:]
+    return sch, main, pad, sch.get_child_blocks(root)[at + 1:]
+
+
+def _pad_rows(sch, pad, outer) -> None:
+    """The zero-point padded input rows one output row needs, computed inside the kernel's parallel loop."""
+    if pad is None:
+        return
+    sch.compute_at(pad, outer)
+    sch.vectorize(sch.get_loops(pad)[-1])
 
 
 def _register_tile(sch, loop, reg_n: int):
@@ -61,11 +73,13 @@ def _register_tile(sch, loop, reg_n: int):
 
 def schedule_vnni_conv(func, reg_n: int = REG_N):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue); raises if the kernel does not fit."""
-    sch, conv, epilogue = _open(func, CONV_BLOCK)
+    sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
     n, oc_chunk, oh, ow, oc_block, kh, kw, ic_outer, ic_f_inner, ic_s_inner = sch.get_loops(conv)
     ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
     sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, ic_s_inner)
-    sch.parallel(sch.fuse(n, oc_chunk, oh))
+    outer = sch.fuse(n, oc_chunk, oh)
+    sch.parallel(outer)
+    _pad_rows(sch, pad, outer)
     for block in epilogue:
         sch.reverse_compute_at(block, ow_outer)
     init = sch.decompose_reduction(conv, ic_outer)
@@ -76,11 +90,13 @@ def schedule_vnni_conv(func, reg_n: int = REG_N):
 
 def schedule_depthwise(func, reg_n: int = REG_N):
     """The scheduled PrimFunc for a fused packed depthwise conv (+ epilogue): 16 channels = 16 int32 lanes."""
-    sch, conv, epilogue = _open(func, DEPTHWISE_BLOCK)
+    sch, conv, pad, epilogue = _open(func, DEPTHWISE_BLOCK)
     n, c_chunk, oh, ow, c_block, kh, kw = sch.get_loops(conv)
     ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
     sch.reorder(n, c_chunk, oh, ow_outer, kh, kw, ow_inner, c_block)
-    sch.parallel(sch.fuse(n, c_chunk, oh))
+    outer = sch.fuse(n, c_chunk, oh)
+    sch.parallel(outer)
+    _pad_rows(sch, pad, outer)
     for block in epilogue:
         sch.reverse_compute_at(block, ow_outer)
     sch.vectorize(c_block)  # before the init is split off: the update block alone may not be vectorized

@@ -84,3 +84,12 @@ def import_relax(model: onnx.ModelProto):
 
     name, shape = input_spec(model)
     return from_onnx(model, shape_dict={name: shape}, keep_params_in_input=False)
+
+
+def layout_moves(mod) -> int:
+    """How many times the lowered ``mod`` changes a tensor's layout: ``layout_transform`` calls plus the packed
+    lowering's input packs (``pack_input`` kernels). A model that stays packed end to end has 2."""
+    import re
+
+    text = mod["main"].script()
+    return text.count("R.layout_transform(") + len(re.findall(r"R\.call_tir\((?:cls\.)?pack_input\d*,", text))

@@ -15,6 +15,7 @@ from compress_graph.targets.int8.packed import host_has_vnni  # noqa: E402
 from compress_graph.targets.int8.schedule import schedule_int8_kernels  # noqa: E402
 from compress_graph.targets.int8.testing import (  # noqa: E402
     import_relax,
+    layout_moves,
     ort_session,
     output_scales,
     quantize_qdq,
@@ -71,7 +72,7 @@ def test_mobilenet_depthwise_and_24_channel_convs_stay_packed(qdq):
     assert stats["float"] == 0
     assert "R.nn.conv2d(" not in text  # no plain NCHW conv left: depthwise and 24-channel convs are packed
     assert "depthwise_conv2d_nchwc_int8" in text
-    assert text.count("R.layout_transform(") == 2  # packed from the first conv to the global pool
+    assert layout_moves(low) == 2  # packed from the first conv to the global pool
     mod = preprocess(low, tvm.target.Target(VNNI))
     _, hs = schedule_int8_kernels(mod, tvm.target.Target(VNNI))
     assert hs["failed"] == {}
@@ -128,7 +129,7 @@ def test_padded_channels_lower_packed_and_match(tmp_path):
     assert "R.nn.conv2d(" not in text
     # packed from the first conv to the last: one pack of the input, one unpack of the output, whose 8 real
     # channels are sliced from the 16-channel block
-    assert text.count("R.layout_transform(") == 2 and "R.strided_slice(" in text
+    assert layout_moves(low) == 2 and "R.strided_slice(" in text
     if not host_has_vnni():
         pytest.skip("this CPU has no AVX-512 VNNI: cannot run VNNI code")
     model = onnx.load(str(path))
@@ -189,7 +190,7 @@ def test_yolo_packed_silu_matches_onnxruntime(tmp_path):
     target = tvm.target.Target(VNNI)
     low, stats = lower_qdq(import_relax(onnx.load(str(path))), target)
     assert stats["float_ops"] == {"divide": 1}
-    assert low.script().count("R.layout_transform(") <= 19
+    assert layout_moves(low) <= 19
     mod = preprocess(low, target)
     model = onnx.load(str(path))
     feeds = random_input(model, seed=4)
