@@ -93,3 +93,16 @@ def layout_moves(mod) -> int:
 
     text = mod["main"].script()
     return text.count("R.layout_transform(") + len(re.findall(r"R\.call_tir\((?:cls\.)?pack_input\d*,", text))
+
+
+def save_float_model(path: str | Path, nodes, x_shape, y_shape, initializers, name: str = "model") -> Path:
+    """A one-input ("x"), one-output ("y") float32 ONNX model (opset 17) saved at ``path``: test models."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))],
+                              list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return Path(path)

@@ -19,6 +19,7 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     output_scales,
     quantize_qdq,
     random_input,
+    save_float_model,
 )
 from tvm import relax  # noqa: E402
 
@@ -131,7 +132,7 @@ def test_yolo_int8_matches_onnxruntime(qdq_dir):
 
 def _softplus_model(path: Path) -> Path:
     """Conv -> Softplus -> Conv: onnxruntime's quantizer leaves Softplus float between QDQ borders."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
@@ -142,14 +143,7 @@ def _softplus_model(path: Path) -> Path:
         helper.make_node("Softplus", ["c1"], ["s1"]),
         helper.make_node("Conv", ["s1", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2]),
     ]
-    graph = helper.make_graph(nodes, "softplus", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
-                              [w1, w2, b2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_float_model(path, nodes, [1, 3, 16, 16], [1, 16, 8, 8], [w1, w2, b2], "softplus")
 
 
 def test_op_without_integer_rule_stays_float_and_matches(tmp_path):
@@ -182,7 +176,7 @@ def test_project_quant_pass_output_lowers_and_matches(tmp_path):
 
 def _conv_transpose_model(path: Path, strides=(2, 2), pads=(1, 1, 1, 1), output_padding=(1, 1)) -> Path:
     """Conv -> Relu -> ConvTranspose (+bias) -> Relu: a pose/segmentation-style upsampling head."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(1)
     w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
@@ -197,13 +191,7 @@ def _conv_transpose_model(path: Path, strides=(2, 2), pads=(1, 1, 1, 1), output_
                          output_padding=list(output_padding)),
         helper.make_node("Relu", ["t"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "convt", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, 3, 10, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, *out_hw])], [w1, wt, bt])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_float_model(path, nodes, [1, 3, 10, 10], [1, 8, *out_hw], [w1, wt, bt], "convt")
 
 
 @pytest.mark.parametrize("geometry", [((2, 2), (1, 1, 1, 1), (1, 1)), ((2, 2), (0, 0, 0, 0), (0, 0)),
@@ -221,7 +209,7 @@ def test_conv_transpose_lowers_to_integer_and_matches(tmp_path, geometry):
 def _pool_and_prelu_model(path: Path) -> Path:
     """Conv -> LeakyRelu -> AveragePool 3x3/1 (zero padding counted) -> PRelu (per-channel slopes) ->
     AveragePool 2x2/2 -> Conv: face-detector / classifier ops that onnxruntime runs in float between Q/DQ."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(2)
     w1 = numpy_helper.from_array(rng.standard_normal((32, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
@@ -236,14 +224,7 @@ def _pool_and_prelu_model(path: Path) -> Path:
         helper.make_node("AveragePool", ["r1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Conv", ["p2", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
-                              [w1, slope, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_float_model(path, nodes, [1, 3, 16, 16], [1, 16, 8, 8], [w1, slope, w2], "pools")
 
 
 @pytest.mark.parametrize("target", [HOST, {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}],

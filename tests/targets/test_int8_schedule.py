@@ -20,6 +20,7 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     output_scales,
     quantize_qdq,
     random_input,
+    save_float_model,
 )
 from tvm import relax  # noqa: E402
 
@@ -96,7 +97,7 @@ def test_hand_scheduled_library_is_bit_identical_and_matches_onnxruntime(qdq, na
 
 def _padded_channels_model(path: Path) -> Path:
     """Conv 16->24, residual add of two 24-channel tensors, Conv 24->8: channels not a multiple of 16."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
 
@@ -110,14 +111,8 @@ def _padded_channels_model(path: Path) -> Path:
         helper.make_node("Add", ["c2", "r1"], ["a"]),
         helper.make_node("Conv", ["a", "w3", "b3"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes, "padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
-        [w("w1", 24, 16, 3, 3), w("b1", 24), w("w2", 24, 24, 3, 3), w("w3", 8, 24, 3, 3), w("b3", 8)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    inits = [w("w1", 24, 16, 3, 3), w("b1", 24), w("w2", 24, 24, 3, 3), w("w3", 8, 24, 3, 3), w("b3", 8)]
+    return save_float_model(path, nodes, [1, 16, 12, 12], [1, 8, 6, 6], inits, "padded")
 
 
 def test_padded_channels_lower_packed_and_match(tmp_path):
