@@ -204,3 +204,22 @@ def test_pose_conv_transpose_runs_packed_and_matches(tmp_path):
     got = _run(compile_module(mod, target), feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+@needs_vnni
+@pytest.mark.slow
+def test_tuning_an_int8_model_skips_the_hand_scheduled_convs(tmp_path):
+    """`--tune` on a QDQ model: the hand-scheduled convs are not tuning tasks, the rest is tuned and its records
+    are applied, and the library still verifies against onnxruntime."""
+    pytest.importorskip("xgboost")  # MetaSchedule imports it even for random search
+    from compress_graph.targets import build_for_target
+
+    path = quantize_qdq(MODELS / "resnet_s.onnx", tmp_path / "resnet_s.onnx")
+    section = build_for_target(onnx.load(str(path)), "host{cores=2}", tmp_path / "out", tune_trials=1,
+                               verify_target=True)
+    sched = section["schedule"]
+    assert sched["int8_hand_scheduled"] == 11 and sched["int8_hand_failed"] == {}
+    # every kernel but the 11 hand-scheduled ones is a task; each ran its one trial and left a record
+    assert section["tuning"]["tasks"] == sched["kernels"] - 11 == section["tuning"]["trials"]
+    assert sched["from_tuning_records"] == section["tuning"]["tasks"]
+    assert section["verification"]["status"] == "passed"
