@@ -432,6 +432,15 @@ class QDQLowering(relax.PyExprMutator):
     def _lower_multiply(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
         qa, qb = (self.defs.dequantized(a) for a in call.args)
+        for q, other in ((qa, qb), (qb, qa)):  # x * quantize(f(x)), e.g. SiLU's x * sigmoid(x): one table of x
+            unary = self._unary_of(q, other)
+            if unary is not None:
+                f, s_f, z_f, f_dtype = unary
+                real = _codes_real(q)
+                with np.errstate(over="ignore"):
+                    f_q = _quantize_table(f(real).astype(np.float32), s_f, z_f, f_dtype, None, None)
+                f_real = (f_q.astype(np.float32) - np.float32(z_f)) * np.float32(s_f)
+                return self._lookup(q, _quantize_table(real * f_real, s_y, z_y, out_dtype, lo, hi), out_dtype)
         xs = [self._new(qa.expr), self._new(qb.expr)]
         pa, pb = self._packed_pair(*xs)
         if pa is not None:  # e.g. SiLU's x * sigmoid(x) after a packed conv: stays packed
@@ -450,10 +459,7 @@ class QDQLowering(relax.PyExprMutator):
     def _lower_unary(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
         q = self.defs.dequantized(call.args[0])
-        qmin, qmax = QRANGE[q.dtype]
-        codes = np.arange(qmin, qmax + 1, dtype=np.float32)
-        real = (codes - np.float32(q.zero_point)) * np.float32(q.scale)
-        slopes = None
+        real = _codes_real(q)
         if op_name(call) == "relax.clip":
             lo_f, hi_f = (_prim_float(a) for a in call.args[1:3])
             out = np.clip(real, -np.inf if lo_f is None else lo_f, np.inf if hi_f is None else hi_f)
@@ -464,20 +470,38 @@ class QDQLowering(relax.PyExprMutator):
             shape = shape_of(call.args[0])
             if int(call.attrs.axis) != 1 or len(shape) != 4:
                 raise Refuse("prelu slope not per channel of NCHW")
-            slopes = np.broadcast_to(self.defs.bias(call.args[1]).astype(np.float32), (shape[1],))
+            slopes = np.broadcast_to(self.defs.bias(call.args[1]).astype(np.float32), (shape[1],))  # (C, 256) table
             out = np.where(real[None, :] >= 0, real[None, :], real[None, :] * slopes[:, None]).astype(np.float32)
         else:
             with np.errstate(over="ignore"):
                 out = _UNARY[op_name(call)](real.astype(np.float32)).astype(np.float32)
-        omin, omax = QRANGE[out_dtype]
-        table = np.clip(np.round(out / np.float32(s_y)) + z_y, omin if lo is None else max(omin, lo),
-                        omax if hi is None else min(omax, hi)).astype(out_dtype)
+        return self._lookup(q, _quantize_table(out, s_y, z_y, out_dtype, lo, hi), out_dtype)
+
+    def _unary_of(self, q: QTensor, other: QTensor):
+        """``(f, s, z)`` when ``other`` is ``quantize(f(dequantize(q)), s, z)`` for a table-able f, else None."""
+        quant = self.defs.resolve(other.expr)
+        if op_name(quant) != "relax.quantize":
+            return None
+        inner = self.defs.resolve(quant.args[0])
+        if op_name(inner) not in _UNARY:
+            return None
+        try:
+            src = self.defs.dequantized(inner.args[0])
+        except Refuse:
+            return None
+        if not src.expr.same_as(q.expr) or (src.scale, src.zero_point, src.dtype) != (q.scale, q.zero_point, q.dtype):
+            return None
+        return _UNARY[op_name(inner)], other.scale, other.zero_point, other.dtype
+
+    def _lookup(self, q: QTensor, table: np.ndarray, out_dtype: str) -> relax.Expr:
+        """``table[code of q]`` in q's layout; a 2-D (channels, codes) table: row c for channel c."""
+        qmin = QRANGE[q.dtype][0]
         x = self._new(q.expr)
         packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
         idx = relax.op.astype(x if packed is None else packed[0], "int32")
         if qmin:
             idx = relax.op.subtract(idx, relax.const(qmin, "int32"))
-        if slopes is not None:  # row c of the table for channel c (padding channels of a packed tensor: row 0)
+        if table.ndim == 2:  # row c of the table for channel c (padding channels of a packed tensor: row 0)
             n_ch = table.shape[0]
             if packed is None:
                 rows, shape = np.arange(n_ch), (1, n_ch, 1, 1)
@@ -615,6 +639,20 @@ class QDQLowering(relax.PyExprMutator):
 
 
 _LINEAR = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
+
+
+def _codes_real(q: QTensor) -> np.ndarray:
+    """The real value of every 8-bit code of ``q``, in float32 as onnxruntime dequantizes."""
+    qmin, qmax = QRANGE[q.dtype]
+    return (np.arange(qmin, qmax + 1, dtype=np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
+
+
+def _quantize_table(real: np.ndarray, scale: float, zero_point: int, dtype: str, lo: int | None,
+                    hi: int | None) -> np.ndarray:
+    """Quantize a table of real values like QuantizeLinear (float32, half to even), clipped to [lo, hi]."""
+    qmin, qmax = QRANGE[dtype]
+    return np.clip(np.round(real.astype(np.float32) / np.float32(scale)) + zero_point,
+                   qmin if lo is None else max(qmin, lo), qmax if hi is None else min(qmax, hi)).astype(dtype)
 
 
 def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:

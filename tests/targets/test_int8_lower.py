@@ -127,6 +127,11 @@ def test_yolo_int8_matches_onnxruntime(qdq_dir):
     low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
     assert stats["by_op"]["conv2d"] == 43 and stats["by_op"]["sigmoid"] == 39
     assert stats["float_ops"] == {"divide": 1}  # the box decode's division by a tensor stays float
+    text = low["main"].script()
+    # SiLU's x * sigmoid(x) is one 256-entry table of x: 39 lookups and no tensor x tensor integer product for
+    # them (the sigmoid tables alone would also be 39 lookups, plus 39 products; the 2 left are the box decode's)
+    assert text.count("R.take(") == 39
+    assert len(re.findall(r"R\.multiply\(lv\w*, lv\w*\)", text)) == 2
     _assert_within_one_step(path, low, HOST)
 
 
