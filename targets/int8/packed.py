@@ -116,8 +116,8 @@ def packed_shape(n_out: int, block: int) -> tuple[int, ...]:
 class VnniConvEmitter:
     """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed u8 x s8 convs.
 
-    Returns ``(acc_int32_packed, block)`` or None when the conv does not fit (signed input, groups other
-    than 1 or depthwise with a multiple of 16 channels); those keep the plain NCHW int8 conv.
+    Returns ``(acc_int32_packed, block)``, or None when the conv does not fit (a signed input; groups other
+    than 1, except depthwise convs with a multiple of 16 channels); those keep the plain NCHW int8 conv.
     """
 
     def __init__(self, target: tvm.target.Target):
