@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress_graph.targets.base import Option, int_option
+from compress_graph.targets.base import REQUANT_OPTION, Option, int_option
 
 NAME = "arm"
 DESCRIPTION = "aarch64 Linux CPU with NEON (default Cortex-A72 class)"
@@ -26,6 +26,7 @@ OPTIONS = {
     "schedule": Option("sample", "kernels without tuning records: one seeded MetaSchedule sample (sample) or "
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math (faster exp/sigmoid, reassociated sums; error ~1e-6)", ("on", "off")),
+    "requant": REQUANT_OPTION,
 }
 
 

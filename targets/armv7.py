@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress_graph.targets.base import Option, int_option
+from compress_graph.targets.base import REQUANT_OPTION, Option, int_option
 
 NAME = "armv7"
 DESCRIPTION = "32-bit Armv7-A Linux CPU, hard-float NEON (compile only on x86: no armv7 TVM wheel exists)"
@@ -19,6 +19,7 @@ OPTIONS = {
     "schedule": Option("sample", "kernels without tuning records: one seeded MetaSchedule sample (sample) or "
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math", ("on", "off")),
+    "requant": REQUANT_OPTION,
 }
 
 

@@ -24,6 +24,12 @@ class Option:
     choices: tuple[str, ...] = ()
 
 
+# CPU targets: how QDQ models lowered to integer kernels (targets/int8) requantize int32 results to 8 bits
+REQUANT_OPTION = Option("fixed", "int8 requantization of QDQ models: fixed-point multiplier + shift (fixed) or "
+                        "float32 as onnxruntime's CPU kernels do it (float: bit-exact with them, ~20% slower)",
+                        ("fixed", "float"))
+
+
 class TargetModule(Protocol):
     NAME: str
     DESCRIPTION: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -47,7 +48,8 @@ def apply_database(mod, target, db_dir: Path):
         return relax.transform.MetaScheduleApplyDatabase()(mod)
 
 
-def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str) -> tuple[dict[str, Any], float]:
+def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str,
+                requant: str = "fixed") -> tuple[dict[str, Any], float]:
     """QDQ models on CPU targets: integer kernels via targets/int8 (issue 8). Returns its stats (with the new
     module under "module") and the comparison tolerance it implies: one output quantization step, since
     integer requantization and onnxruntime's QDQ arithmetic may round the last step differently."""
@@ -60,7 +62,9 @@ def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str) -> tuple[
     from compress_graph.targets.int8.build import prepare_for_tuning
 
     try:
-        lowered, stats = int8_lowering.lower_qdq(mod, target)
+        opts = dataclasses.replace(int8_lowering.options_for_target(target), requant=requant)
+        lowered, stats = int8_lowering.lower_qdq(mod, target, opts)
+        stats["requant"] = requant
         prepare_for_tuning(target)  # VNNI intrinsic fix, before MetaSchedule (sampling or tuning) sees the target
     except Exception as exc:
         raise TargetError(f"int8 lowering for {target.kind.name} failed: {_first_line(exc)}") from None
@@ -235,7 +239,8 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
 
     say(f"{spec.text()}: importing the ONNX model into TVM Relax")
     mod = frontend.to_relax(onnx_model)
-    int8_report, int8_atol = _lower_int8(mod, target, onnx_model, module.DEVICE) if int8 else ({}, 0.0)
+    int8_report, int8_atol = _lower_int8(mod, target, onnx_model, module.DEVICE,
+                                         options.get("requant", "fixed")) if int8 else ({}, 0.0)
     if int8_report.get("converted"):
         mod = int8_report.pop("module")
         say(f"{spec.text()}: QDQ lowered to integer ops ({int8_report['converted']} converted, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from compress_graph.targets.base import Option, int_option
+from compress_graph.targets.base import REQUANT_OPTION, Option, int_option
 
 NAME = "host"
 DESCRIPTION = "this machine's CPU (LLVM picks the host CPU), for local checks and benchmarks"
@@ -17,6 +17,7 @@ OPTIONS = {
     "schedule": Option("sample", "kernels without tuning records: one seeded MetaSchedule sample (sample) or "
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math", ("on", "off")),
+    "requant": REQUANT_OPTION,
 }
 
 
