@@ -132,6 +132,8 @@ def _random_net(seed: int, path: Path) -> Path:
     net = _Net(seed)
     for _ in range(int(net.rng.integers(3, 7))):
         net.step()
+    if not any(node.op_type in ("Conv", "ConvTranspose") for node in net.nodes):  # nothing to quantize else
+        net.tensor = net.conv(net.tensor, 16, 3)
     return net.save(path)
 
 
