@@ -48,6 +48,10 @@ _UNARY = {
     "relax.nn.silu": lambda x: x / (1.0 + np.exp(-x)),
 }
 _MINMAX = ("relax.maximum", "relax.minimum")
+_BINARY = {
+    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
+    "relax.maximum": np.maximum, "relax.minimum": np.minimum, "relax.power": np.power,
+}
 _RESHAPES = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims")
 
 
@@ -163,8 +167,76 @@ class QDQLowering(relax.PyExprMutator):
             lo = b_lo if lo is None or (b_lo is not None and b_lo > lo) else lo
             hi = b_hi if hi is None or (b_hi is not None and b_hi < hi) else hi
             prod = inner
-        name = op_name(prod)
         ctx = (s_y, z_y, out_dtype, lo, hi)
+        try:
+            return self._dispatch(prod, ctx)
+        except Refuse:
+            chain = self._tabulate(prod)
+            if chain is None:
+                raise
+        q, values = chain  # a float function of one 8-bit tensor (SiLU, hard-swish, ...): one table of its codes
+        return "elementwise_table", self._lookup(q, _quantize_table(values, s_y, z_y, out_dtype, lo, hi), out_dtype)
+
+    def _tabulate(self, expr: relax.Expr) -> tuple[QTensor, np.ndarray] | None:
+        """``(q, f(codes of q))`` when ``expr`` is built only from elementwise ops, scalar constants and the
+        dequantized values of a single 8-bit tensor q (evaluated in float32 as onnxruntime's float ops do);
+        else None."""
+        source: list[QTensor] = []
+
+        def value(e: relax.Expr, depth: int):
+            if depth > 24:
+                raise Refuse("elementwise chain too deep")
+            node = self.defs.resolve(e)
+            const = node.value.numpy() if isinstance(node, tvm.ir.GenericConst) else None
+            if const is not None:
+                if const.size != 1 or not np.issubdtype(const.dtype, np.floating):
+                    raise Refuse("non-scalar constant")
+                return np.float32(const.reshape(-1)[0])
+            name = op_name(node)
+            if name == "relax.dequantize":
+                q = self.defs.dequantized(e)
+                if source and not (source[0].expr.same_as(q.expr) and source[0].scale == q.scale
+                                   and source[0].zero_point == q.zero_point):
+                    raise Refuse("more than one 8-bit source")
+                source[:1] = [q]
+                return _codes_real(q)
+            args = list(getattr(node, "args", []))
+            if name in _UNARY:
+                with np.errstate(over="ignore"):
+                    return _UNARY[name](value(args[0], depth + 1)).astype(np.float32)
+            if name in _BINARY:
+                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                    return np.asarray(_BINARY[name](value(args[0], depth + 1), value(args[1], depth + 1)),
+                                      np.float32)
+            if name == "relax.clip":
+                lo_f, hi_f = (_prim_float(a) for a in args[1:3])
+                return np.clip(value(args[0], depth + 1), -np.inf if lo_f is None else lo_f,
+                               np.inf if hi_f is None else hi_f).astype(np.float32)
+            if name == "relax.call_tir":  # Clip with tensor bounds arrives as TIR maximum / minimum
+                callee = str(getattr(args[0], "name_hint", "") or "")
+                op = next((o for o in _MINMAX if callee.startswith(o.split(".")[-1])), None)
+                fields = list(args[1].fields) if isinstance(args[1], relax.Tuple) else []
+                if op is not None and len(fields) == 2:
+                    bound = self._scalar_bound(fields[1])
+                    other = np.float32(bound) if bound is not None else value(fields[1], depth + 1)
+                    return np.asarray(_BINARY[op](value(fields[0], depth + 1), other), np.float32)
+            raise Refuse(f"{name} in an elementwise chain")
+
+        try:
+            values = value(expr, 0)
+        except Refuse:
+            return None
+        if not source or np.shape(values) != np.shape(_codes_real(source[0])) or not np.all(np.isfinite(values)):
+            return None
+        try:
+            if shape_of(expr) != shape_of(source[0].expr):  # no broadcast against anything but scalars
+                return None
+        except Refuse:
+            return None
+        return source[0], values
+
+    def _dispatch(self, prod: relax.Expr, ctx) -> tuple[str, relax.Expr]:
+        name = op_name(prod)
         if name == "relax.add":
             lin = self._split_bias(prod)
             if lin is not None:

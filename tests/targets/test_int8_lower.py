@@ -126,11 +126,13 @@ def test_yolo_int8_matches_onnxruntime(qdq_dir):
     path = qdq_dir / "yolo_s.onnx"
     low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
     assert stats["by_op"]["conv2d"] == 43 and stats["by_op"]["sigmoid"] == 39
-    assert stats["float_ops"] == {"divide": 1}  # the box decode's division by a tensor stays float
+    # the box decode's center_sum / 2 is a float function of one 8-bit tensor: a table, nothing stays float
+    assert stats["float_ops"] == {} and stats["by_op"]["elementwise_table"] == 1
     text = low["main"].script()
-    # SiLU's x * sigmoid(x) is one 256-entry table of x: 39 lookups and no tensor x tensor integer product for
-    # them (the sigmoid tables alone would also be 39 lookups, plus 39 products; the 2 left are the box decode's)
-    assert text.count("R.take(") == 39
+    # SiLU's x * sigmoid(x) is one 256-entry table of x: 39 lookups (+1, the decode's / 2) and no tensor x tensor
+    # integer product for them (the sigmoid tables alone would also be 39 lookups, plus 39 products; the 2 left
+    # are the box decode's)
+    assert text.count("R.take(") == 40
     assert len(re.findall(r"R\.multiply\(lv\w*, lv\w*\)", text)) == 2
     _assert_within_one_step(path, low, HOST)
 
@@ -256,3 +258,46 @@ def test_avg_pool_leaky_relu_prelu_lower_and_match(tmp_path, target):
     got = _run_tvm(low, target, feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= _output_scales(model)[0]
+
+
+def _qdq_chain_model(path: Path, chain: str) -> Path:
+    """x -> Q -> DQ -> <float elementwise chain> -> Q -> DQ -> y: what the `quant` pass leaves around SiLU
+    (x * sigmoid(x)) and hard-swish (x * clip(x + 3, 0, 6) / 6), or a chain over two 8-bit tensors ("two")."""
+    from onnx import helper, numpy_helper
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    inits = [const("s", 0.05), const("z", 128, np.uint8), const("s2", 0.03), const("z2", 100, np.uint8),
+             const("three", 3.0), const("zero", 0.0), const("six", 6.0)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
+    if chain == "silu":
+        nodes += [helper.make_node("Sigmoid", ["xd"], ["sg"]), helper.make_node("Mul", ["xd", "sg"], ["f"])]
+    elif chain == "hardswish":
+        nodes += [helper.make_node("Add", ["xd", "three"], ["a"]),
+                  helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                  helper.make_node("Mul", ["xd", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["f"])]
+    else:  # x * sigmoid(x') with x' another quantization of x: two 8-bit sources, no single table
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s2", "z2"], ["x2q"]),
+                  helper.make_node("DequantizeLinear", ["x2q", "s2", "z2"], ["x2d"]),
+                  helper.make_node("Sigmoid", ["x2d"], ["sg"]), helper.make_node("Mul", ["xd", "sg"], ["f"])]
+    nodes += [helper.make_node("QuantizeLinear", ["f", "s2", "z2"], ["fq"]),
+              helper.make_node("DequantizeLinear", ["fq", "s2", "z2"], ["y"])]
+    return save_float_model(path, nodes, [1, 8, 6, 6], [1, 8, 6, 6], inits, chain)
+
+
+@pytest.mark.parametrize("chain", ["silu", "hardswish", "two"])
+def test_float_chain_of_one_8bit_tensor_becomes_one_table(tmp_path, chain):
+    path = _qdq_chain_model(tmp_path / "m.onnx", chain)
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    if chain == "two":
+        assert "elementwise_table" not in stats["by_op"] and stats["float"] >= 2, stats
+    else:
+        assert stats["by_op"] == {"elementwise_table": 1} and stats["float"] == 0, stats
+        assert low["main"].script().count("R.take(") == 1
+    model = onnx.load(str(path))
+    feeds = {"x": (np.random.default_rng(0).standard_normal((1, 8, 6, 6)) * 4).astype(np.float32)}
+    got = _run_tvm(low, HOST, feeds)
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001

@@ -184,7 +184,7 @@ def test_yolo_packed_silu_matches_onnxruntime(tmp_path):
     path = quantize_qdq(MODELS / "yolo_s.onnx", tmp_path / "yolo_s.onnx")
     target = tvm.target.Target(VNNI)
     low, stats = lower_qdq(import_relax(onnx.load(str(path))), target)
-    assert stats["float_ops"] == {"divide": 1}
+    assert stats["float_ops"] == {}
     assert layout_moves(low) <= 19
     mod = preprocess(low, target)
     model = onnx.load(str(path))
