@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 import tvm
-from compress_graph.targets.int8.match import Definitions, QTensor, Refuse, channels_of, op_name, shape_of
+from compress_graph.targets.int8 import tables
+from compress_graph.targets.int8.match import (
+    Definitions,
+    QTensor,
+    Refuse,
+    channels_of,
+    op_name,
+    prim_float,
+    shape_of,
+)
 from compress_graph.targets.int8.requant import (
     QRANGE,
     add_frac_bits,
@@ -38,20 +47,6 @@ from compress_graph.targets.int8.requant import (
 )
 from tvm import relax
 
-_UNARY = {
-    "relax.sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "relax.tanh": np.tanh,
-    "relax.exp": np.exp,
-    "relax.abs": np.abs,
-    "relax.negative": np.negative,
-    "relax.nn.relu": lambda x: np.maximum(x, 0.0),
-    "relax.nn.silu": lambda x: x / (1.0 + np.exp(-x)),
-}
-_MINMAX = ("relax.maximum", "relax.minimum")
-_BINARY = {
-    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
-    "relax.maximum": np.maximum, "relax.minimum": np.minimum, "relax.power": np.power,
-}
 _RESHAPES = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims")
 
 
@@ -171,69 +166,11 @@ class QDQLowering(relax.PyExprMutator):
         try:
             return self._dispatch(prod, ctx)
         except Refuse:
-            chain = self._tabulate(prod)
+            chain = tables.tabulate(self.defs, prod)
             if chain is None:
                 raise
         q, values = chain  # a float function of one 8-bit tensor (SiLU, hard-swish, ...): one table of its codes
-        return "elementwise_table", self._lookup(q, _quantize_table(values, s_y, z_y, out_dtype, lo, hi), out_dtype)
-
-    def _tabulate(self, expr: relax.Expr) -> tuple[QTensor, np.ndarray] | None:
-        """``(q, f(codes of q))`` when ``expr`` is built only from elementwise ops, scalar constants and the
-        dequantized values of a single 8-bit tensor q (evaluated in float32 as onnxruntime's float ops do);
-        else None."""
-        source: list[QTensor] = []
-
-        def value(e: relax.Expr, depth: int):
-            if depth > 24:
-                raise Refuse("elementwise chain too deep")
-            node = self.defs.resolve(e)
-            const = node.value.numpy() if isinstance(node, tvm.ir.GenericConst) else None
-            if const is not None:
-                if const.size != 1 or not np.issubdtype(const.dtype, np.floating):
-                    raise Refuse("non-scalar constant")
-                return np.float32(const.reshape(-1)[0])
-            name = op_name(node)
-            if name == "relax.dequantize":
-                q = self.defs.dequantized(e)
-                if source and not (source[0].expr.same_as(q.expr) and source[0].scale == q.scale
-                                   and source[0].zero_point == q.zero_point):
-                    raise Refuse("more than one 8-bit source")
-                source[:1] = [q]
-                return _codes_real(q)
-            args = list(getattr(node, "args", []))
-            if name in _UNARY:
-                with np.errstate(over="ignore"):
-                    return _UNARY[name](value(args[0], depth + 1)).astype(np.float32)
-            if name in _BINARY:
-                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                    return np.asarray(_BINARY[name](value(args[0], depth + 1), value(args[1], depth + 1)),
-                                      np.float32)
-            if name == "relax.clip":
-                lo_f, hi_f = (_prim_float(a) for a in args[1:3])
-                return np.clip(value(args[0], depth + 1), -np.inf if lo_f is None else lo_f,
-                               np.inf if hi_f is None else hi_f).astype(np.float32)
-            if name == "relax.call_tir":  # Clip with tensor bounds arrives as TIR maximum / minimum
-                callee = str(getattr(args[0], "name_hint", "") or "")
-                op = next((o for o in _MINMAX if callee.startswith(o.split(".")[-1])), None)
-                fields = list(args[1].fields) if isinstance(args[1], relax.Tuple) else []
-                if op is not None and len(fields) == 2:
-                    bound = self._scalar_bound(fields[1])
-                    other = np.float32(bound) if bound is not None else value(fields[1], depth + 1)
-                    return np.asarray(_BINARY[op](value(fields[0], depth + 1), other), np.float32)
-            raise Refuse(f"{name} in an elementwise chain")
-
-        try:
-            values = value(expr, 0)
-        except Refuse:
-            return None
-        if not source or np.shape(values) != np.shape(_codes_real(source[0])) or not np.all(np.isfinite(values)):
-            return None
-        try:
-            if shape_of(expr) != shape_of(source[0].expr):  # no broadcast against anything but scalars
-                return None
-        except Refuse:
-            return None
-        return source[0], values
+        return "elementwise_table", self._lookup(q, tables.quantize(values, s_y, z_y, out_dtype, lo, hi), out_dtype)
 
     def _dispatch(self, prod: relax.Expr, ctx) -> tuple[str, relax.Expr]:
         name = op_name(prod)
@@ -248,7 +185,7 @@ class QDQLowering(relax.PyExprMutator):
             return "subtract", self._lower_binary(prod, -1, ctx)
         if name == "relax.multiply":
             return "multiply", self._lower_multiply(prod, ctx)
-        if name in _UNARY or name in ("relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu"):
+        if name in tables.UNARY or name in ("relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu"):
             return name.split(".")[-1], self._lower_unary(prod, ctx)
         if name == "relax.nn.avg_pool2d":
             return "avg_pool2d", self._lower_avg_pool(prod, ctx)
@@ -274,14 +211,14 @@ class QDQLowering(relax.PyExprMutator):
         name, args = op_name(act), list(getattr(act, "args", []))
         if name == "relax.call_tir":  # the importer emits Clip with tensor bounds as TIR maximum/minimum
             callee = getattr(args[0], "name_hint", None) or getattr(args[0], "name", "")
-            name = next((op for op in _MINMAX if str(callee).startswith(op.split(".")[-1])), None)
+            name = next((op for op in tables.MINMAX if str(callee).startswith(op.split(".")[-1])), None)
             args = list(args[1].fields) if isinstance(args[1], relax.Tuple) else []
         if name == "relax.nn.relu":
             return args[0], (z_y, None)
         if name == "relax.clip":
-            lo_f, hi_f = (_prim_float(a) for a in args[1:3])
-        elif name in _MINMAX and len(args) == 2:
-            bound = self._scalar_bound(args[1])
+            lo_f, hi_f = (prim_float(a) for a in args[1:3])
+        elif name in tables.MINMAX and len(args) == 2:
+            bound = self.defs.scalar_bound(args[1])
             if bound is None:
                 return None
             lo_f, hi_f = (bound, None) if name == "relax.maximum" else (None, bound)
@@ -290,19 +227,6 @@ class QDQLowering(relax.PyExprMutator):
         lo = None if lo_f is None or not np.isfinite(lo_f) else int(np.round(lo_f / s_y)) + z_y
         hi = None if hi_f is None or not np.isfinite(hi_f) else int(np.round(hi_f / s_y)) + z_y
         return args[0], (lo, hi)
-
-    def _scalar_bound(self, expr: relax.Expr) -> float | None:
-        """A constant scalar, also behind the importer's ``where(isnan(c), +-inf, c)``."""
-        expr = self.defs.resolve(expr)
-        if op_name(expr) == "relax.where":
-            cond = self.defs.resolve(expr.args[0])
-            if op_name(cond) != "relax.isnan":
-                return None
-            c = _prim_float(self.defs.resolve(cond.args[0]))
-            if c is None:
-                return None
-            return _prim_float(expr.args[1]) if np.isnan(c) else c
-        return _prim_float(expr) if isinstance(expr, tvm.ir.GenericConst) else None
 
     def _split_bias(self, add: relax.Call) -> tuple[relax.Call, np.ndarray] | None:
         for lin_arg, bias_arg in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
@@ -505,14 +429,9 @@ class QDQLowering(relax.PyExprMutator):
         s_y, z_y, out_dtype, lo, hi = ctx
         qa, qb = (self.defs.dequantized(a) for a in call.args)
         for q, other in ((qa, qb), (qb, qa)):  # x * quantize(f(x)), e.g. SiLU's x * sigmoid(x): one table of x
-            unary = self._unary_of(q, other)
-            if unary is not None:
-                f, s_f, z_f, f_dtype = unary
-                real = _codes_real(q)
-                with np.errstate(over="ignore"):
-                    f_q = _quantize_table(f(real).astype(np.float32), s_f, z_f, f_dtype, None, None)
-                f_real = (f_q.astype(np.float32) - np.float32(z_f)) * np.float32(s_f)
-                return self._lookup(q, _quantize_table(real * f_real, s_y, z_y, out_dtype, lo, hi), out_dtype)
+            real = tables.product_with_unary(self.defs, q, other)
+            if real is not None:
+                return self._lookup(q, tables.quantize(real, s_y, z_y, out_dtype, lo, hi), out_dtype)
         xs = [self._new(qa.expr), self._new(qb.expr)]
         pa, pb = self._packed_pair(*xs)
         if pa is not None:  # e.g. SiLU's x * sigmoid(x) after a packed conv: stays packed
@@ -531,39 +450,8 @@ class QDQLowering(relax.PyExprMutator):
     def _lower_unary(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
         q = self.defs.dequantized(call.args[0])
-        real = _codes_real(q)
-        if op_name(call) == "relax.clip":
-            lo_f, hi_f = (_prim_float(a) for a in call.args[1:3])
-            out = np.clip(real, -np.inf if lo_f is None else lo_f, np.inf if hi_f is None else hi_f)
-        elif op_name(call) == "relax.nn.leakyrelu":
-            alpha = np.float32(float(call.attrs.alpha))
-            out = np.where(real >= 0, real, real * alpha).astype(np.float32)
-        elif op_name(call) == "relax.nn.prelu":  # one table per channel
-            shape = shape_of(call.args[0])
-            if int(call.attrs.axis) != 1 or len(shape) != 4:
-                raise Refuse("prelu slope not per channel of NCHW")
-            slopes = np.broadcast_to(self.defs.bias(call.args[1]).astype(np.float32), (shape[1],))  # (C, 256) table
-            out = np.where(real[None, :] >= 0, real[None, :], real[None, :] * slopes[:, None]).astype(np.float32)
-        else:
-            with np.errstate(over="ignore"):
-                out = _UNARY[op_name(call)](real.astype(np.float32)).astype(np.float32)
-        return self._lookup(q, _quantize_table(out, s_y, z_y, out_dtype, lo, hi), out_dtype)
-
-    def _unary_of(self, q: QTensor, other: QTensor):
-        """``(f, s, z)`` when ``other`` is ``quantize(f(dequantize(q)), s, z)`` for a table-able f, else None."""
-        quant = self.defs.resolve(other.expr)
-        if op_name(quant) != "relax.quantize":
-            return None
-        inner = self.defs.resolve(quant.args[0])
-        if op_name(inner) not in _UNARY:
-            return None
-        try:
-            src = self.defs.dequantized(inner.args[0])
-        except Refuse:
-            return None
-        if not src.expr.same_as(q.expr) or (src.scale, src.zero_point, src.dtype) != (q.scale, q.zero_point, q.dtype):
-            return None
-        return _UNARY[op_name(inner)], other.scale, other.zero_point, other.dtype
+        return self._lookup(q, tables.quantize(tables.unary(self.defs, call, q), s_y, z_y, out_dtype, lo, hi),
+                            out_dtype)
 
     def _lookup(self, q: QTensor, table: np.ndarray, out_dtype: str) -> relax.Expr:
         """``table[code of q]`` in q's layout; a 2-D (channels, codes) table: row c for channel c."""
@@ -713,20 +601,6 @@ class QDQLowering(relax.PyExprMutator):
 _LINEAR = ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul")
 
 
-def _codes_real(q: QTensor) -> np.ndarray:
-    """The real value of every 8-bit code of ``q``, in float32 as onnxruntime dequantizes."""
-    qmin, qmax = QRANGE[q.dtype]
-    return (np.arange(qmin, qmax + 1, dtype=np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
-
-
-def _quantize_table(real: np.ndarray, scale: float, zero_point: int, dtype: str, lo: int | None,
-                    hi: int | None) -> np.ndarray:
-    """Quantize a table of real values like QuantizeLinear (float32, half to even), clipped to [lo, hi]."""
-    qmin, qmax = QRANGE[dtype]
-    return np.clip(np.round(real.astype(np.float32) / np.float32(scale)) + zero_point,
-                   qmin if lo is None else max(qmin, lo), qmax if hi is None else min(qmax, hi)).astype(dtype)
-
-
 def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:
     """[0, i1, i2, ..., extent] for a split given as section count or split indices (None: uneven)."""
     if isinstance(indices_or_sections, int | tvm.tirx.IntImm):
@@ -735,19 +609,6 @@ def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:
             return None
         return [extent // n * i for i in range(n + 1)]
     return [0, *(int(i) for i in indices_or_sections), extent]
-
-
-def _prim_float(expr: relax.Expr) -> float | None:
-    """A Clip bound given as a PrimValue / scalar constant -> float (None if absent)."""
-    if isinstance(expr, tvm.ir.GenericConst):
-        return float(expr.value.numpy().reshape(-1)[0])
-    value = getattr(expr, "value", None)
-    if value is None:
-        return None
-    try:
-        return float(value.value if hasattr(value, "value") else value)
-    except (TypeError, ValueError):
-        return None
 
 
 def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, LowerStats]:

@@ -58,6 +58,19 @@ def channels_of(expr: relax.Expr) -> int:
     return shape[1] * (shape[4] if len(shape) == 5 else 1)
 
 
+def prim_float(expr: relax.Expr) -> float | None:
+    """A Clip bound given as a PrimValue / scalar constant -> float (None if absent)."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        return float(expr.value.numpy().reshape(-1)[0])
+    value = getattr(expr, "value", None)
+    if value is None:
+        return None
+    try:
+        return float(value.value if hasattr(value, "value") else value)
+    except (TypeError, ValueError):
+        return None
+
+
 def const_value(expr: relax.Expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
@@ -91,6 +104,19 @@ class Definitions:
             expr = self._defs[expr]
             seen += 1
         return expr
+
+    def scalar_bound(self, expr: relax.Expr) -> float | None:
+        """A constant scalar, also behind the importer's ``where(isnan(c), +-inf, c)`` (a Clip bound)."""
+        expr = self.resolve(expr)
+        if op_name(expr) == "relax.where":
+            cond = self.resolve(expr.args[0])
+            if op_name(cond) != "relax.isnan":
+                return None
+            c = prim_float(self.resolve(cond.args[0]))
+            if c is None:
+                return None
+            return prim_float(expr.args[1]) if np.isnan(c) else c
+        return prim_float(expr) if isinstance(expr, tvm.ir.GenericConst) else None
 
     def dequantized(self, expr: relax.Expr) -> QTensor:
         """``expr`` = dequantize(q, scalar scale, scalar zp) of an 8-bit tensor, else Refuse."""
