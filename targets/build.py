@@ -277,6 +277,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
                 shutil.copyfile(db_dir / f, out / "tuning" / f)
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     tuned = sum(1 for f in kernels if schedule.is_scheduled(f))
+    before_defaults = mod.clone()  # to fall back to, kernel by kernel, if a default schedule does not build
     hand: dict[str, Any] = {"scheduled": [], "failed": {}}
     if hand_schedules:  # kernels without a tuning record
         mod, hand = schedule_int8_kernels(mod, target)
@@ -296,7 +297,21 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         with tvm.transform.PassContext(opt_level=3):
             executable = relax.build(mod, target)
     except Exception as exc:
-        raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc)}") from None
+        # a sampled (or hand-written) schedule that passed MetaSchedule's checks can still fail TVM's lowering
+        # (seen: "VectorizeLoop before LiftStorageAlloc" on an int8 conv for arm): such kernels go back to
+        # their unscheduled loop nests and the build is retried once
+        bad = schedule.unbuildable_kernels(mod, target)
+        if not bad:
+            raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc)}") from None
+        for gv in bad:
+            mod[gv] = before_defaults[gv]
+        sched_report["schedules_dropped_unbuildable"] = sorted(gv.name_hint for gv in bad)
+        say(f"{spec.text()}: {len(bad)} kernel schedule(s) did not build; those kernels stay unscheduled")
+        try:
+            with tvm.transform.PassContext(opt_level=3):
+                executable = relax.build(mod, target)
+        except Exception as exc2:
+            raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc2)}") from None
 
     lib = out / LIB_NAME
     device_info: dict[str, Any] = {}

@@ -84,3 +84,19 @@ def sample_default_schedules(mod, target, *, seed: int = SEED, progress=None) ->
         if progress:
             progress(f"default schedule {stats['sampled']}: {name}")
     return stats
+
+
+def unbuildable_kernels(mod, target) -> list:
+    """The scheduled kernels of ``mod`` that TVM fails to compile on their own (global vars)."""
+    import tvm
+
+    bad = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_scheduled(func):
+            continue
+        try:
+            with tvm.transform.PassContext(opt_level=3):
+                tvm.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+        except Exception:  # noqa: BLE001 - any failure to compile marks the schedule unusable
+            bad.append(gv)
+    return bad
