@@ -64,8 +64,6 @@ def lower_qdq(mod: tvm.IRModule, target: tvm.target.Target,
     opts = options or options_for_target(target)
     with target:
         out, lstats = lower_module(mod, opts)
-        if opts.conv_emitter is not None and hasattr(opts.conv_emitter, "finalize"):
-            out = opts.conv_emitter.finalize(out)
     floats, reasons = _float_ops(out, lstats.refused)
     stats = {
         "converted": int(sum(lstats.converted.values())),

@@ -31,18 +31,12 @@ def prepare_for_tuning(target: tvm.target.Target) -> None:
         register_vnni_intrinsic()
 
 
-def _fast_build(mod, target, _params):
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
-
-
 def fast_builder(timeout_sec: int = 120, max_workers: int | None = None):
     """A LocalBuilder whose workers do not import every tensor intrinsic (67 s under load)."""
+    from compress_graph.targets.tuning import fast_build
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(f_build=_fast_build, timeout_sec=timeout_sec, max_workers=max_workers)
+    return ms.builder.LocalBuilder(f_build=fast_build, timeout_sec=timeout_sec, max_workers=max_workers)
 
 
 TUNED_OPS = ("conv2d", "matmul", "dense")

@@ -108,11 +108,6 @@ def unpack_data(x: relax.Expr, block: int) -> relax.Expr:
     return relax.op.layout_transform(x, lambda n, c, h, w, cb: (n, c * block + cb, h, w))
 
 
-def packed_shape(n_out: int, block: int) -> tuple[int, ...]:
-    """Broadcast shape of a per-channel vector against a packed NCHW[block]c tensor."""
-    return (1, n_out // block, 1, 1, block)
-
-
 class VnniConvEmitter:
     """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed u8 x s8 convs.
 
@@ -122,8 +117,6 @@ class VnniConvEmitter:
 
     def __init__(self, target: tvm.target.Target):
         self.target = target
-        self.packed_convs = 0
-        self.packed_depthwise = 0
         self._packed_inputs: dict = {}
 
     def __call__(self, bb: relax.BlockBuilder, x: relax.Expr, x_packed, zp: int, w: np.ndarray,
@@ -137,7 +130,6 @@ class VnniConvEmitter:
                 kernel = relax.const(pack_depthwise_kernel(w), "int8")
                 acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation),
                                  zp)
-                self.packed_depthwise += 1
                 return acc, OC_BLOCK
             return None
         if n_out % OC_BLOCK:  # zero-weight output channels up to a whole block; the unpack drops them
@@ -158,7 +150,6 @@ class VnniConvEmitter:
         kernel = relax.const(pack_kernel(w, ic_bn), "int8")
         acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp,
                          primfunc_name_hint="conv2d_NCHWc_int8")
-        self.packed_convs += 1
         return acc, OC_BLOCK
 
     def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
