@@ -10,6 +10,12 @@ Public API::
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# A build step writes nothing outside its output and opens no connection: onnxruntime (>= 1.20 on Linux) would
+# otherwise write ~/.cache/Microsoft/DeveloperTools/.onnxruntime and start telemetry threads at session creation.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from compress_graph.ir import Model, load, save  # noqa: E402
 from compress_graph.ir.errors import (  # noqa: E402
     CompressGraphError,

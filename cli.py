@@ -288,7 +288,9 @@ def _run(o: dict[str, Any]) -> None:
         load_plugin(spec)
     passes = parse_pipeline(o["pipeline"])  # usage errors before any work
     if o["target"]:
-        from compress_graph.targets import onnx_passes
+        from compress_graph.targets import onnx_passes, require_tvm
+
+        require_tvm()
 
         # the ONNX-side passes the target wants (constant/shape folding...) run last, so they see the final graph
         have = {p.name for p in passes}
@@ -299,6 +301,7 @@ def _run(o: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp.chmod(0o777 & ~io.current_umask())  # mkdtemp makes 0700: the output folder gets what mkdir would give it
     # scratch files of this run and of its workers (TVM's builders write to the temp dir) live inside the temp
     # output folder, so a killed run leaves nothing elsewhere and the next run clears it (_clean_stale)
     work = tmp / ".work"
@@ -315,12 +318,14 @@ def _run(o: dict[str, Any]) -> None:
         )
         io.save(result, tmp / "model.onnx")
         failure = _check_budget(report, o["min_cosine"], o["max_abs_error"])
+        report["status"] = "budget_exceeded" if failure else "ok"
         if o["target"]:
-            report["target"] = _build_target(result, o, tmp, quiet)
+            with _native_stderr_silenced(quiet):  # TVM's C++ warnings write to fd 2 directly
+                report["target"] = _build_target(result, o, tmp, quiet)
             check = report["target"].get("verification", {})
             if check.get("status") == "failed" and not failure:
-                failure = f"the {o['target']} library does not match onnxruntime: {check.get('detail', check)}"
-        report["status"] = "budget_exceeded" if failure else "ok"
+                failure = _mismatch_line(o["target"], check, out / "report.json")
+                report["status"] = "target_mismatch"
         text = json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
         # paths recorded while building point into the temp folder; the report names the final one
         text = text.replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1])
@@ -352,6 +357,36 @@ def _run(o: dict[str, Any]) -> None:
         click.echo(f"wrote {out / 'model.onnx'} and {out / 'report.json'}", err=True)
     if failure:
         raise VerificationError(failure)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced(active: bool):
+    """With -q: file descriptor 2 points to /dev/null meanwhile, so native libraries (TVM's C++ logging) stay quiet.
+    Errors still reach the user: they travel as exceptions and are printed after the descriptor is restored."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _mismatch_line(target: str, check: dict, report_path: Path) -> str:
+    """One readable line for a failed on-target comparison (the details are in the report)."""
+    per_output = check.get("per_output_max_abs_err") or {}
+    worst = max(per_output, key=per_output.get) if per_output else None
+    where = f" on output '{worst}'" if worst is not None else ""
+    return (f"the {target} library does not match the model's onnxruntime reference under "
+            f"{check.get('method', 'its runner')}: max|d|={check.get('max_abs_err', float('nan')):.3g}{where} "
+            f"(allowed {check.get('atol', 0):.3g} + {check.get('rtol', 0):g}*|ref|); details in {report_path}")
 
 
 def _check_budget(report: dict, min_cosine: float | None, max_abs: float | None) -> str | None:

@@ -77,14 +77,18 @@ PLAT=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --plat
 "$PYTHON" -m pip install -q --no-deps --no-compile "${PLAT[@]}" --target "$WORK/root/opt/site" "$WORK"/wheels/*.whl
 # Byte-compile stdlib and site-packages ahead of time (Debian compiles .pyc in postinst, which dpkg-deb -x skips):
 # without them every emulated run re-compiles TVM's Python sources, 40 s instead of ~10 s per run.
-# The host's CPython 3.11 writes the same bytecode format as the sysroot's 3.11.
-"$PYTHON" - "$WORK/root" <<'PY'
-import compileall, sys
-assert sys.version_info[:2] == (3, 11), "byte-compiling the sysroot needs a Python 3.11 host interpreter"
+# A Python 3.11 host writes the same bytecode format as the sysroot's 3.11 and is fast; any other host version
+# (the README allows >= 3.10) leaves it to the sysroot's own interpreter under qemu (a few minutes, once).
+COMPILE='import compileall, sys
 root = sys.argv[1]
 for sub in ("/usr/lib/python3.11", "/opt/site"):
-    compileall.compile_dir(root + sub, quiet=2, workers=0, ddir=sub)
-PY
+    compileall.compile_dir(root + sub, quiet=2, workers=0, ddir=sub)'
+if "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  "$PYTHON" -c "$COMPILE" "$WORK/root"
+else
+  log "byte-compiling the sysroot with its own python3.11 under qemu-aarch64 (host Python is not 3.11)"
+  qemu-aarch64 -L "$WORK/root" "$WORK/root/usr/bin/python3.11" -c "$COMPILE" "$WORK/root"
+fi
 # smoke test: the emulated interpreter imports TVM's runtime
 PYTHONPATH="$WORK/root/opt/site" qemu-aarch64 -L "$WORK/root" "$WORK/root/usr/bin/python3.11" -c \
   "import tvm, numpy; from tvm import relax; print('aarch64 tvm', tvm.__version__)" >&2

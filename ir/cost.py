@@ -148,13 +148,17 @@ def model_cost(model: Model | onnx.ModelProto) -> Cost:
             if isinstance(t, onnx.TensorProto):
                 n = int(np.prod(t.dims)) if t.dims else 1
                 consts[node.output[0]] = (n, n * _itemsize(t.data_type))
+    stored = dict(consts)
+    folded = _constant_nodes(proto, consts, shapes)  # adds the tensors they compute to consts
     cost = Cost()
     counted: set[str] = set()
+    consumed_by_compute: set[str] = set()
     for i, node in enumerate(proto.graph.node):
         nc = NodeCost(name=node.name or f"#{i}", op=node.op_type, macs=node_macs(node, shapes))
-        if node.op_type != "Constant":
+        if node.op_type != "Constant" and i not in folded:
             for name in node.input:
                 if name in consts:
+                    consumed_by_compute.add(name)
                     nc.params += consts[name][0]
                     nc.param_bytes += consts[name][1]
         for name in node.output:
@@ -165,9 +169,38 @@ def model_cost(model: Model | onnx.ModelProto) -> Cost:
         cost.per_node.append(nc)
         cost.macs += nc.macs
         cost.act_bytes += nc.act_bytes
+    feeds_constants_only = {name for i in folded for name in proto.graph.node[i].input} - consumed_by_compute
     for name, (n, b) in consts.items():
-        if name not in counted:
-            counted.add(name)
+        if name in counted:
+            continue
+        counted.add(name)
+        if name in stored:
+            cost.bytes += b  # what the file stores
+        # parameters are the constants compute reads: a weight made at run time from a stored shape (ConstantOfShape
+        # in onnx's light models) counts as the weight, not as its 4-element shape
+        if name not in feeds_constants_only and (name in stored or name in consumed_by_compute):
             cost.params += n
-            cost.bytes += b
     return cost
+
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli", "Dropout"}
+
+
+def _constant_nodes(proto: onnx.ModelProto, consts: dict[str, tuple[int, int]], shapes: dict) -> set[int]:
+    """Indices of nodes that compute constants (all inputs constant, deterministic, no subgraph); the tensors they
+    compute join ``consts`` (element count and bytes from the inferred shapes)."""
+    folded: set[int] = set()
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type in ("Constant", *_NONDETERMINISTIC) or not node.input:
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if not all(name in consts for name in node.input if name):
+            continue
+        folded.add(i)
+        for name in node.output:
+            dims, elem = shapes.get(name, (None, 0))
+            numel = _numel(dims)
+            consts[name] = (numel or 0, (numel or 0) * _itemsize(elem))
+    return folded

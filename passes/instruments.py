@@ -130,6 +130,11 @@ def worst(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+#: Below this cosine between onnxruntime's fused int8 kernels and the QDQ semantics (or when they add more error
+#: than quantization itself), the run warns.
+FUSED_WARN_COSINE = 0.999
+
+
 class Verify(Instrument):
     """After each modifying pass: onnx.checker + onnxruntime run vs. the original model on sample inputs."""
 
@@ -138,6 +143,7 @@ class Verify(Instrument):
         from compress_graph.passes.data import CalibData, DynamicShapeError
 
         self._onnx = onnx
+        self._ctx = ctx
         self.skipped: str | None = None
         data = ctx.calib_data(None, original)
         if data is None:
@@ -172,6 +178,27 @@ class Verify(Instrument):
         metrics = compare_outputs(self.reference, actual)
         record["verify"] = {"checker": "ok", "samples": len(self.feeds), "data": self.source,
                             "outputs": metrics, "worst": worst(metrics)}
+        if not large and runtime.is_quantized(proto):
+            record["verify"]["onnxruntime_fused"] = self._fused_report(proto, actual, names,
+                                                                       record["verify"]["worst"].get("max_abs", 0.0))
+
+    def _fused_report(self, proto, reference: list[dict], names: list[str], own_error: float) -> dict:
+        """What onnxruntime's fused integer kernels on *this* CPU make of the quantized model, against its QDQ
+        semantics (reported only: these kernels differ between CPUs, so nothing is decided on them)."""
+        try:
+            sess = runtime.session(proto, fused=True)
+            fused = [runtime.run(sess, f, names) for f in self.feeds]
+        except Exception as exc:  # noqa: BLE001 - informational; the model itself already ran
+            return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        w = worst(compare_outputs(reference, fused))
+        if w.get("cosine", 1.0) < FUSED_WARN_COSINE or w.get("max_abs", 0.0) > own_error:
+            self._ctx.warn(f"onnxruntime's fused int8 kernels on this CPU deviate from the quantized model's QDQ "
+                           f"semantics by more than quantization itself changed it (max|d| {w.get('max_abs', 0.0):.3g} "
+                           f"vs {own_error:.3g}, cosine {w.get('cosine', 1.0):.4f}; x86 without VNNI saturates int16 "
+                           "pair sums): onnxruntime on this machine runs the model less accurately than it is")
+        return {"max_abs_vs_qdq": w.get("max_abs", 0.0), "cosine_vs_qdq": w.get("cosine", 1.0),
+                "note": "onnxruntime's fused int8 kernels on this CPU (x86 without VNNI saturates int16 pair sums); "
+                        "reported only, the QDQ semantics are the reference"}
 
 
 def _slug(text: str) -> str:

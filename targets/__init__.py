@@ -12,7 +12,19 @@ from compress_graph.targets.base import Option, TargetSpec, parse_target
 
 REGISTRY: dict[str, Any] = {m.NAME: m for m in (arm, armv7, jetson, opencl.MALI, opencl.ADRENO, host)}
 
-__all__ = ["REGISTRY", "Option", "TargetSpec", "build_for_target", "list_targets", "parse_target", "onnx_passes"]
+__all__ = ["REGISTRY", "Option", "TargetSpec", "build_for_target", "list_targets", "parse_target", "onnx_passes",
+           "require_tvm"]
+
+
+def require_tvm() -> None:
+    """Raise UsageError (exit 2) naming the install command when Apache TVM (the ``tvm`` extra) is missing."""
+    from compress_graph.ir.errors import UsageError
+
+    try:
+        import tvm  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"--target needs Apache TVM, which is not installed ({exc}): "
+                         "pip install 'compress-graph[tvm]'") from None
 
 
 def list_targets() -> list[dict[str, Any]]:

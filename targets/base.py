@@ -26,7 +26,8 @@ class Option:
 
 # CPU targets: how QDQ models lowered to integer kernels (targets/int8) requantize int32 results to 8 bits
 REQUANT_OPTION = Option("fixed", "int8 requantization of QDQ models: fixed-point multiplier + shift (fixed) or "
-                        "float32 as onnxruntime's CPU kernels do it (float: bit-exact with them, ~20% slower)",
+                        "float32 as onnxruntime's fused CPU kernels do it (float: reproduces them where they sum "
+                        "exactly, e.g. VNNI, including their near-tie roundings; ~20% slower)",
                         ("fixed", "float"))
 
 

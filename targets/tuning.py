@@ -121,7 +121,13 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule echoes its task tables to stdout at INFO; keep them in db_dir/logs only (progress() reports).
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    # MetaSchedule re-lists the logger's handlers by name in a logging.dictConfig; an unnamed handler someone else
+    # attached (pytest's log capture after a first tuning run) makes it fail ("'NoneType' ... 'format'"). dictConfig
+    # replaces the logger's handlers anyway.
+    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
+        ms_logger.removeHandler(handler)
     light_tensor_intrinsics("cuda" if target.kind.name == "cuda" else "cpu" if target.kind.name == "llvm" else "")
     tasks = unscheduled_tasks(mod, target)
     if not tasks:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +41,10 @@ def rand(shape, seed=0, scale=1.0) -> np.ndarray:
 def ort_run(model, feeds: dict) -> list[np.ndarray]:
     if hasattr(model, "to_onnx"):
         model = model.to_onnx()
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    from compress_graph.ir import runtime
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    return runtime.session(proto).run(None, feeds)  # the ONNX semantics, the same on every CPU
 
 
 def random_feeds(model, seed=0) -> dict:

@@ -217,11 +217,11 @@ def reconstruct(original: Model, pruned: Model, an: Analysis, removed: list[Unit
     ref_names = [la.node.outputs[0].name for la in layers]
     if mode != "sequential":
         ref_names += [la.node.inputs[0].name for la in layers]
-    ref_sess = runtime.session(original, ref_names, optimize=False)
+    ref_sess = runtime.session(original, ref_names)
     for batch in rounds:
         out_names = [la.node.outputs[0].name for la in batch]
         in_names = [la.node.inputs[0].name for la in batch]
-        sess = runtime.session(pruned, in_names, optimize=False) if mode == "sequential" else None
+        sess = runtime.session(pruned, in_names) if mode == "sequential" else None
         for feed in feeds:
             ys = runtime.run(ref_sess, feed, out_names + ([] if sess else in_names))
             xs = runtime.run(sess, feed, in_names) if sess else ys

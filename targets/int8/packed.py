@@ -43,7 +43,7 @@ def is_aarch64(target: tvm.target.Target) -> bool:
 
 
 def has_vnni(target: tvm.target.Target) -> bool:
-    """AVX-512 VNNI: a known mcpu, ``+avx512vnni`` in mattr, or mcpu=native on a CPU that has it."""
+    """AVX-512 VNNI: ``+avx512vnni`` in mattr, an mcpu LLVM knows to have it, or mcpu=native on a CPU that has it."""
     if str(target.kind.name) != "llvm" or is_aarch64(target):
         return False
     triple = str(_attr(target, "mtriple") or "")
@@ -52,19 +52,45 @@ def has_vnni(target: tvm.target.Target) -> bool:
     mattr = [str(a) for a in (_attr(target, "mattr") or [])]
     if "+avx512vnni" in mattr:
         return True
+    if "-avx512vnni" in mattr:
+        return False
     mcpu = str(_attr(target, "mcpu") or "")
     if mcpu == "native":
         return host_has_vnni()
-    return mcpu in _VNNI_CPUS
+    return bool(mcpu) and cpu_has_feature(mcpu, "avx512vnni")
 
 
+@functools.cache
+def cpu_has_feature(mcpu: str, feature: str) -> bool:
+    """Whether LLVM's model of x86 CPU ``mcpu`` has ``feature`` (e.g. avx512vnni); a fixed list where LLVM cannot
+    say."""
+    try:
+        from tvm.target import codegen
+
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+        return bool(codegen.llvm_cpu_has_features([feature], target))
+    except Exception:  # noqa: BLE001 - an LLVM without the query
+        return feature == "avx512vnni" and mcpu in _VNNI_CPUS
+
+
+@functools.cache
 def host_has_vnni() -> bool:
-    """Whether this machine's CPU has AVX-512 VNNI (reads /proc/cpuinfo; False where unknown)."""
+    """Whether this machine runs AVX-512 VNNI code: LLVM's host CPU (from cpuid, so an emulated CPU such as
+    ``qemu-x86_64 -cpu Haswell`` counts as what it emulates) must have it, and /proc/cpuinfo must not deny it (a
+    VM may mask features of the CPU model it reports)."""
+    try:
+        from tvm.target import codegen
+
+        cpu = str(codegen.llvm_get_system_cpu())
+    except Exception:  # noqa: BLE001
+        cpu = ""
+    if cpu and cpu != "generic" and not cpu_has_feature(cpu, "avx512vnni"):
+        return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             return any(line.startswith("flags") and "avx512_vnni" in line.split() for line in fh)
     except OSError:
-        return False
+        return bool(cpu) and cpu != "generic"
 
 
 @functools.cache

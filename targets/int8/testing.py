@@ -14,6 +14,20 @@ import numpy as np
 import onnx
 
 
+def vnni_target(cores: int = 2) -> dict:
+    """A VNNI x86 target dict for tests and bench: this machine's own CPU where it has AVX-512 VNNI (code built
+    for it runs here; a fixed VNNI CPU such as znver4 may use instructions another VNNI CPU lacks, e.g. SSE4a on
+    Intel), else cascadelake for build-only checks."""
+    from compress_graph.targets.int8.packed import host_has_vnni
+
+    mcpu = "cascadelake"
+    if host_has_vnni():
+        import tvm
+
+        mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    return {"kind": "llvm", "mcpu": mcpu, "mattr": ["+avx512vnni"], "num-cores": cores}
+
+
 def input_spec(model: onnx.ModelProto) -> tuple[str, list[int]]:
     """Name and static shape of the (single) graph input."""
     inits = {i.name for i in model.graph.initializer}
@@ -54,14 +68,12 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, *, n_calib: int = 
     return out_path
 
 
-def ort_session(path: str | Path, threads: int = 2, optimize: bool = True):
-    import onnxruntime as ort
+def ort_session(path: str | Path, threads: int = 2, fused: bool = False):
+    """onnxruntime on the model at ``path``: the ONNX QDQ semantics op by op (the reference every int8 result is
+    compared with), or with ``fused=True`` its fused integer kernels as this CPU runs them (bench timings)."""
+    from compress_graph.ir import runtime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return runtime.session(onnx.load(str(path)), threads=threads, fused=fused)
 
 
 def output_scales(model: onnx.ModelProto) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from compress_graph import load, run_pipeline
 from compress_graph.ir.cost import model_cost
 from onnx import TensorProto, helper, numpy_helper
@@ -71,8 +70,9 @@ class Builder:
 
 
 def run_ort(proto, feed):
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
+    from compress_graph.ir import runtime
+
+    return runtime.session(proto).run(None, feed)
 
 
 def prune_and_compare(model, pipeline: str, *, atol: float = 1e-5, seed: int = 0, **kwargs):
@@ -88,6 +88,7 @@ def prune_and_compare(model, pipeline: str, *, atol: float = 1e-5, seed: int = 0
     ref, got = run_ort(proto0, feed), run_ort(proto1, feed)
     for a, b in zip(ref, got):
         assert a.shape == b.shape
-        np.testing.assert_allclose(b, a, atol=atol, rtol=0)
+        # relative to the data: float sums differ in their last bits between SIMD widths and summation orders
+        np.testing.assert_allclose(b, a, atol=atol * max(1.0, float(np.abs(a).max())), rtol=0)
     assert model_cost(pruned).macs < model_cost(model).macs
     return pruned, report["passes"][-1]["stats"]

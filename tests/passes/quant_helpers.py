@@ -42,12 +42,11 @@ def tensor(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def session(model: Model, optimize: bool = True) -> ort.InferenceSession:
-    o = ort.SessionOptions()
-    o.log_severity_level = 3
-    if not optimize:
-        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.to_onnx().SerializeToString(), o, providers=["CPUExecutionProvider"])
+def session(model: Model) -> ort.InferenceSession:
+    """The QDQ semantics op by op (the same on every CPU), as every int8 comparison here must use."""
+    from compress_graph.ir import runtime
+
+    return runtime.session(model)
 
 
 def run(model: Model, feeds: list[dict]) -> list[list[np.ndarray]]:

@@ -20,11 +20,12 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     output_scales,
     quantize_qdq,
     random_input,
+    vnni_target,
 )
 from tvm import relax  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-VNNI_HOST = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+VNNI_HOST = vnni_target()
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
 A53 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]}
 

@@ -20,6 +20,7 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     quantize_qdq,
     random_input,
     save_float_model,
+    vnni_target,
 )
 from tvm import relax  # noqa: E402
 
@@ -178,7 +179,10 @@ def test_project_quant_pass_output_lowers_and_matches(tmp_path):
     feeds = random_input(proto)
     got = _run_tvm(low, HOST, feeds)
     want = ort_session(path).run(None, feeds)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    # the head stays float: one step on each of its 8-bit inputs bounds the difference (what --verify-target allows)
+    from compress_graph.targets.build import _output_scales
+
+    assert np.max(np.abs(got - want)) <= _output_scales(proto)[0], (np.max(np.abs(got - want)), _output_scales(proto))
 
 
 def _conv_transpose_model(path: Path, strides=(2, 2), pads=(1, 1, 1, 1), output_padding=(1, 1)) -> Path:
@@ -234,7 +238,7 @@ def _pool_and_prelu_model(path: Path) -> Path:
     return save_float_model(path, nodes, [1, 3, 16, 16], [1, 16, 8, 8], [w1, slope, w2], "pools")
 
 
-@pytest.mark.parametrize("target", [HOST, {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}],
+@pytest.mark.parametrize("target", [HOST, vnni_target()],
                          ids=["generic", "vnni-packed"])
 def test_avg_pool_leaky_relu_prelu_lower_and_match(tmp_path, target):
     """The project's `quant` pass puts Q/DQ around PRelu (onnxruntime's quantizer leaves it float)."""

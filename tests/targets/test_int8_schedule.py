@@ -21,11 +21,12 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     quantize_qdq,
     random_input,
     save_float_model,
+    vnni_target,
 )
 from tvm import relax  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-VNNI = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+VNNI = vnni_target()
 needs_vnni = pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no AVX-512 VNNI: cannot run VNNI code")
 
 
