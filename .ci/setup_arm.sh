@@ -22,6 +22,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "[setup_arm] $*" >&2; }
+PLAT=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
+      --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --only-binary=:all:)
 
 # 1. cross compilers and qemu-user (host packages)
 HOST_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
@@ -70,8 +72,6 @@ ARM_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 li
 mkdir -p "$WORK/root" "$WORK/wheels"
 ( cd "$DEBS" && apt-get download -qq "${ARM_DEBS[@]/%/:arm64}" )
 for d in "$DEBS"/*.deb; do dpkg-deb -x "$d" "$WORK/root"; done
-PLAT=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
-      --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --only-binary=:all:)
 "$PYTHON" -m pip download -q "${PLAT[@]}" -d "$WORK/wheels" \
   "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION" "numpy<2.5" ml_dtypes typing_extensions
 "$PYTHON" -m pip install -q --no-deps --no-compile "${PLAT[@]}" --target "$WORK/root/opt/site" "$WORK"/wheels/*.whl
@@ -104,7 +104,21 @@ else
   build_sysroot
 fi
 
-# 4. the compiled verification runner (targets/deploy/io_runner.cc) for qemu, cached in the sysroot; optional:
+# 4. onnxruntime's aarch64 wheel (the host's version), unpacked for bench/arm: the peer whose instructions per
+#    inference bench/arm counts next to ours, run by the sysroot's Python under qemu-aarch64
+ORT_VERSION="$("$PYTHON" -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || true)"
+ORT_DIR="$CACHE/onnxruntime-aarch64-$ORT_VERSION"
+if [ -n "$ORT_VERSION" ] && [ ! -f "$ORT_DIR/.stamp" ]; then
+  log "unpacking onnxruntime $ORT_VERSION for aarch64 into $ORT_DIR (bench/arm)"
+  ORT_WORK="$(mktemp -d "$CACHE/.ort.XXXXXX")"
+  "$PYTHON" -m pip download -q --no-deps "${PLAT[@]}" -d "$ORT_WORK/wheels" "onnxruntime==$ORT_VERSION"
+  "$PYTHON" -m pip install -q --no-deps --no-compile "${PLAT[@]}" --target "$ORT_WORK/site" "$ORT_WORK"/wheels/*.whl
+  rm -rf "$ORT_WORK/wheels" "$ORT_DIR"
+  echo "onnxruntime=$ORT_VERSION" > "$ORT_WORK/.stamp"
+  mv "$ORT_WORK" "$ORT_DIR"
+fi
+
+# 5. the compiled verification runner (targets/deploy/io_runner.cc) for qemu, cached in the sysroot; optional:
 # without it --verify-target falls back to the sysroot's Python (slower under emulation).
 "$PYTHON" -c "from compress_graph.targets.runners import io_runner; print('[setup_arm] io_runner:', io_runner())" \
   >&2 || log "io_runner not built (compress_graph not importable?); verification will use the emulated Python"

@@ -27,6 +27,9 @@ OPTIONS = {
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math (faster exp/sigmoid, reassociated sums; error ~1e-6)", ("on", "off")),
     "requant": REQUANT_OPTION,
+    "symbols": Option("strip", "kernel symbols in the library: strip (byte-identical across build folders) or "
+                      "keep (named kernels for profilers: perf on the board, bench/arm's per-kernel counts)",
+                      ("strip", "keep")),
 }
 
 
@@ -42,7 +45,7 @@ def tvm_target(options: dict[str, str]):
 def cross_compiler(options: dict[str, str]):
     from compress_graph.targets.toolchain import cross_compiler as make
 
-    return make(COMPILER)
+    return make(COMPILER, keep_symbols=options.get("symbols") == "keep")
 
 
 def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, workdir=None) -> dict[str, Any]:

@@ -16,13 +16,15 @@ _REPRODUCIBLE = ["-s"]
 _MACHINES = {3: "x86", 40: "ARM", 62: "x86-64", 183: "AArch64", 243: "RISC-V"}
 
 
-def cross_compiler(compiler: str):
-    """TVM ``fcompile`` linking with ``compiler``; flags keep the library reproducible (no build-path leaks)."""
+def cross_compiler(compiler: str, *, keep_symbols: bool = False):
+    """TVM ``fcompile`` linking with ``compiler``; flags keep the library reproducible (no build-path leaks).
+    ``keep_symbols``: keep the static symbol table (every kernel's functions named, for profilers), at the price
+    of that reproducibility."""
     if shutil.which(compiler) is None:
         raise TargetError(f"cross compiler '{compiler}' not found; {SETUP_HINT}")
     from tvm.support import cc
 
-    return cc.cross_compiler(compiler, options=_REPRODUCIBLE)
+    return cc.cross_compiler(compiler, options=[] if keep_symbols else _REPRODUCIBLE)
 
 
 def host_compiler():

@@ -4,11 +4,17 @@
 //
 // usage: io_runner model.so OUT_DIR INPUT...   with INPUT = path:code.bits.lanes:d0,d1,...  (DLPack dtype)
 // writes OUT_DIR/out<k>.bin (raw, C order) and OUT_DIR/out<k>.txt ("code.bits.lanes d0,d1,...") per output.
+// CG_IO_RUNNER_RUNS=N (bench/arm) runs the model N times and brackets runs 2..N with the marker syscalls that
+// bench/arm/insn_count.c counts between (getpid with the arguments 0xC0FFEE, 1000 / 1001; getpid ignores them).
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -75,8 +81,19 @@ int main(int argc, char** argv) {
     std::vector<ffi::Any> args;
     for (int i = 3; i < argc; ++i) args.push_back(ReadInput(argv[i]));
     std::vector<ffi::AnyView> views(args.begin(), args.end());
+    const char* runs_env = std::getenv("CG_IO_RUNNER_RUNS");
+    const int runs = runs_env ? std::max(1, std::atoi(runs_env)) : 1;
     ffi::Any result;
-    run.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+    for (int r = 0; r < runs; ++r) {
+      result = ffi::Any();  // release the previous outputs first, as a caller reusing one variable does
+      run.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+      if (runs > 1 && r == 0) syscall(SYS_getpid, 0xC0FFEEL, 1000L);
+    }
+    if (runs > 1) {
+      syscall(SYS_getpid, 0xC0FFEEL, 1001L);
+      std::ifstream maps("/proc/self/maps");  // where the library was loaded: bench/arm attributes counts to kernels
+      std::ofstream(std::string(argv[2]) + "/maps") << maps.rdbuf();
+    }
     if (auto t = result.as<ffi::Tensor>()) {
       WriteOutput(*t, argv[2], 0);
     } else {

@@ -39,16 +39,18 @@ def has_qdq(mod: tvm.IRModule) -> bool:
 
 
 def options_for_target(target: tvm.target.Target) -> LowerOptions:
-    """x86 with AVX-512 VNNI: packed u8 x s8 convs; aarch64: s8 x s8 (sdot / NEON); else plain u8."""
+    """A CPU with an 8-bit dot product (targets/isa: x86 VNNI, aarch64 sdot): packed convs on uint8 activations;
+    other aarch64: plain s8 x s8 convs; else plain u8 x s8."""
+    from compress_graph.targets import isa
     from compress_graph.targets.int8 import packed
 
-    kind = str(target.kind.name)
-    if kind != "llvm":
+    if str(target.kind.name) != "llvm":
         return LowerOptions()
+    family = isa.int8_dot(target)
+    if family is not None:
+        return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family))
     if packed.is_aarch64(target):
         return LowerOptions(act_dtype="int8")
-    if packed.has_vnni(target):
-        return LowerOptions(conv_emitter=packed.VnniConvEmitter(target))
     return LowerOptions()
 
 

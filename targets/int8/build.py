@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import tvm
-from compress_graph.targets.int8.packed import has_vnni, register_vnni_intrinsic
 from tvm import relax
 
 
@@ -26,9 +25,13 @@ def preprocess(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def prepare_for_tuning(target: tvm.target.Target) -> None:
-    """Register what MetaSchedule needs to reach dot-product instructions on ``target``."""
-    if has_vnni(target):
-        register_vnni_intrinsic()
+    """Register the dot-product intrinsic of ``target``'s ISA family (targets/isa), which MetaSchedule's rules
+    and the hand schedules tensorize to."""
+    from compress_graph.targets import isa
+
+    family = isa.int8_dot(target)
+    if family is not None:
+        family.register_intrinsic()
 
 
 def fast_builder(timeout_sec: int = 120, max_workers: int | None = None):

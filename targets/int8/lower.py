@@ -261,11 +261,12 @@ class QDQLowering(relax.PyExprMutator):
                 raise Refuse("weight scales not per output channel")
             n_out = w.shape[0]
             x, zp = self._input_for_dot(q)
-            acc, block = self._conv(x, zp, w, attrs)
+            acc, block, offset = self._conv(x, zp, w, attrs)
             # a packed conv may carry extra zero-weight output channels up to a whole block (24 -> 32)
             n_acc = n_out if block is None else shape_of(acc)[1] * block
             bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(1, 2, 3))
+            w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=(1, 2, 3))
         elif op_name(lin) == "relax.nn.conv2d_transpose":
             kind = "conv2d_transpose"
             w, s_w, axis = self.defs.weight(lin.args[1])
@@ -273,38 +274,65 @@ class QDQLowering(relax.PyExprMutator):
                 raise Refuse("weight scales not per output channel")
             n_out = w.shape[1]
             x, zp = self._input_for_dot(q)
-            acc, block = self._conv_transpose(x, zp, w, lin.attrs)
+            acc, block, offset = self._conv_transpose(x, zp, w, lin.attrs)
             n_acc = n_out if block is None else shape_of(acc)[1] * block
             bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(0, 2, 3))
+            w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=(0, 2, 3))
         else:
             kind = "matmul"
             w, s_w, axis, n_out = self._matmul_weight(lin.args[1])
             if len(shape_of(lin.args[0])) < 2:
                 raise Refuse("matmul input is 1-D")
             bshape = channel_shape(len(shape_of(lin)), len(shape_of(lin)) - 1, n_out)
-            block = None
+            block, offset = None, 0
             x, zp = self._input_for_dot(q)
             acc = self._emit(relax.op.matmul(x, relax.const(w, "int8"), out_dtype="int32"))
             w_sum = w.astype(np.int64).sum(axis=0)
+            w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=0)
             n_acc = n_out
         s_w = np.broadcast_to(s_w.astype(np.float64), (n_out,))
         s_acc = np.float64(q.scale) * s_w
         b_int = np.zeros(n_out, np.int64) if bias is None else np.round(np.broadcast_to(bias, (n_out,)) / s_acc)
-        b_eff = b_int.astype(np.int64) - zp * w_sum
+        b_eff = b_int.astype(np.int64) - (zp - offset) * w_sum  # acc = sum((x - offset) * w)
         if np.any(np.abs(b_eff) >= 2**31):
             raise Refuse("bias does not fit int32")
         mult = s_acc / np.float64(s_y)
         if n_acc > n_out:  # padded channels: bias 0, any valid multiplier (the unpack drops them)
             b_eff = np.concatenate([b_eff, np.zeros(n_acc - n_out, b_eff.dtype)])
             mult = np.concatenate([mult, np.full(n_acc - n_out, mult[-1])])
-        if np.any(b_eff):
-            acc = self._emit(relax.op.add(acc, relax.const(b_eff.astype(np.int32).reshape(bshape), "int32")))
-        out = emit_requant(self.builder_, acc, mult, z_y, out_dtype, bshape, lo=lo, hi=hi,
-                           mode=self.opts.requant)
+        # |acc + b_eff| = |sum((x - zp) * w) + b| <= 255 * sum|w| + |b| per channel (x - zp within +-255)
+        bound = 255 * w_abs_sum + np.abs(b_int.astype(np.float64))
+        if n_acc > n_out:
+            bound = np.concatenate([bound, np.zeros(n_acc - n_out)])
+        family = getattr(self.opts.conv_emitter, "family", None) if block is not None else None
+        out = self._requant_for_isa(family, acc, mult, b_eff, z_y, out_dtype, lo, hi, bshape, bound)
+        if out is None:
+            out = emit_requant(self.builder_, acc, mult, z_y, out_dtype, bshape, lo=lo, hi=hi,
+                               mode=self.opts.requant, bias=b_eff if np.any(b_eff) else None, acc_bound=bound)
         if block is None:
             return kind, out
         return kind + "_packed", self._unpack(self._emit(out), block, n_out)
+
+    def _requant_for_isa(self, family, acc, mult, bias, z_y, out_dtype, lo, hi, bshape,
+                         bound) -> relax.Expr | None:
+        """The ISA family's own requantization of a packed kernel's accumulators (aarch64: ``sqdmulh``), where it
+        has one and it is exact for these multipliers; None: the generic fixed point."""
+        from compress_graph.targets.int8.requant import fixed_point
+
+        if family is None or not hasattr(family, "requant_te") or self.opts.requant != "fixed":
+            return None
+        mant, shift = fixed_point(mult)
+        consts = family.requant_constants(mant, shift, bound)
+        if consts is None:
+            return None
+        qmin, qmax = QRANGE[out_dtype]
+        lo = qmin if lo is None else max(qmin, lo)
+        hi = qmax if hi is None else min(qmax, hi)
+        m, left, rnd, k = (relax.const(v.reshape(bshape), "int32") for v in consts)
+        b = relax.const(bias.astype(np.int32).reshape(bshape), "int32")
+        return self.builder_.emit_te(family.requant_te, acc, b, m, left, rnd, k, int(z_y), int(lo), int(hi),
+                                     out_dtype, primfunc_name_hint="requant")
 
     def _unpack(self, packed: relax.Expr, block: int, channels: int | None = None) -> relax.Expr:
         """Leave a packed 8-bit result in NCHW for the original consumers, remembering the packed one.
@@ -337,7 +365,7 @@ class QDQLowering(relax.PyExprMutator):
             raise Refuse("matmul weight scales not per output column")
         return np.ascontiguousarray(w), s_w, axis, w.shape[1]
 
-    def _conv_transpose(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None]:
+    def _conv_transpose(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None, int]:
         """A transposed conv as the ordinary conv it equals: the input dilated by the strides and padded by
         ``dilation * (k - 1) - pad`` (+ output padding), both with the zero point (so every inserted value is a
         real 0 and the ``z * sum(w)`` bias correction stays exact), then a stride-1 conv with the kernel
@@ -360,27 +388,28 @@ class QDQLowering(relax.PyExprMutator):
             xd = self.builder_.emit_te(topi.nn.dilate, x, [1, 1, sh, sw], float(zp))
         return self._conv_raw(xd, zp, w_conv, [1, 1], pad, [dh, dw], 1)
 
-    def _conv(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None]:
+    def _conv(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None, int]:
         """int32 conv of an 8-bit input whose padding must carry the zero point, not 0.
 
-        Returns (acc, block): block is the channel block of a packed NCHW[block]c result, else None.
+        Returns (acc, block, offset): block is the channel block of a packed NCHW[block]c result, else None;
+        ``acc = sum((x - offset) * w)`` (a packed conv for a signed dot product subtracts 128 from uint8 x).
         """
         return self._conv_raw(x, zp, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
                               [int(d) for d in attrs.dilation], int(attrs.groups))
 
     def _conv_raw(self, x: relax.Expr, zp: int, w: np.ndarray, strides: list[int], pad: list[int],
-                  dilation: list[int], groups: int) -> tuple[relax.Expr, int | None]:
+                  dilation: list[int], groups: int) -> tuple[relax.Expr, int | None, int]:
         if self.opts.conv_emitter is not None:
             out = self.opts.conv_emitter(self.builder_, x, self.packed_of.get(x), zp, w, strides, pad,
                                          dilation, groups)
             if out is not None:
-                return out
+                return out  # (acc, block, offset): acc = sum((x - offset) * w)
         if zp and any(pad):
             top, left, bottom, right = pad
             x = self._emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", float(zp)))
             pad = [0, 0, 0, 0]
         return self._emit(relax.op.nn.conv2d(x, relax.const(w, "int8"), strides=strides, padding=pad,
-                                             dilation=dilation, groups=groups, out_dtype="int32")), None
+                                             dilation=dilation, groups=groups, out_dtype="int32")), None, 0
 
     # -- elementwise --------------------------------------------------------------------------------
     def _lower_binary(self, call: relax.Call, sign: int, ctx) -> relax.Expr:
@@ -520,9 +549,10 @@ class QDQLowering(relax.PyExprMutator):
         kh, kw = (int(k) for k in a.pool_size)
         channels = shape_of(call.args[0])[1]
         x, zp = self._input_for_dot(q)
-        acc, block = self._conv_raw(x, zp, np.ones((channels, 1, kh, kw), np.int8), [int(v) for v in a.strides],
-                                    pad, [int(v) for v in a.dilation], channels)
-        acc = self._emit(relax.op.subtract(acc, relax.const(zp * kh * kw, "int32"))) if zp else acc
+        acc, block, offset = self._conv_raw(x, zp, np.ones((channels, 1, kh, kw), np.int8),
+                                            [int(v) for v in a.strides], pad, [int(v) for v in a.dilation], channels)
+        acc = self._emit(relax.op.subtract(acc, relax.const((zp - offset) * kh * kw, "int32"))) if zp - offset \
+            else acc
         out = emit_requant(self.builder_, acc, np.float64(q.scale) / (kh * kw * np.float64(s_y)), z_y, out_dtype,
                            (), lo=lo, hi=hi, mode=self.opts.requant)
         return out if block is None else self._unpack(self._emit(out), block, channels)

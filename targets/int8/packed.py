@@ -1,11 +1,10 @@
-"""Packed int8 convolutions that reach x86 VNNI (``vpdpbusd``).
+"""Packed int8 convolutions that reach the CPUs' 8-bit dot products (x86 VNNI ``vpdpbusd``, aarch64 ``sdot``).
 
-The VNNI dot product (``dot_16x4_vnni``: 16 int32 lanes += 4 uint8 x 16x4 int8) needs packed layouts: data
-NCHW[ic_bn]c (uint8), kernel OIHW[ic_bn/4]i16o4i (int8, prepacked here with numpy), output NCHW16c int32 —
-``topi.nn.conv2d_NCHWc_int8``. targets/int8/schedule.py tensorizes it with a hand-written schedule;
-MetaSchedule's VNNI rule would too, but its space for small convs rarely beats plain loops (bench/int8). The
-intrinsic shipped with TVM 0.27 fails LLVM 22's module verification (the operands must be <64 x i8>), so
-:func:`register_vnni_intrinsic` re-registers a fixed one.
+A dot-product instruction needs packed layouts: data NCHW[ic_bn]c (uint8), kernel OIHW[ic_bn/4]i16o4i (int8,
+prepacked here with numpy), output NCHW16c int32 -- the layouts of ``topi.nn.conv2d_NCHWc_int8``.
+targets/int8/schedule.py tensorizes the 16x4 inner step with the intrinsic of the target's ISA family
+(targets/isa: x86_vnni, arm_sdot); the family's ``INPUT_OFFSET`` says what the instruction multiplies: the
+uint8 activation itself (VNNI, u8 x s8) or ``x - 128`` (sdot, s8 x s8), which the lowering's bias makes up for.
 
 Also packed: depthwise convs (NCHW16c, the 16 channels as vector lanes; :func:`depthwise_conv2d_nchwc_int8`),
 and convs whose channel count is not a multiple of 16 (zero-weight output channels up to a whole block: the
@@ -19,104 +18,17 @@ directly, so the unpack / repack pair between consecutive packed ops becomes dea
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tvm
 from compress_graph.targets.int8.match import channels_of, dtype_of
 from tvm import relax
 
 OC_BLOCK = 16
-_VNNI_CPUS = {
-    "znver4", "znver5", "cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake",
-    "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "rocketlake", "diamondrapids",
-}
 
-
-def _attr(target: tvm.target.Target, key: str):
-    return target.attrs.get(key) if hasattr(target.attrs, "get") else None
-
-
-def is_aarch64(target: tvm.target.Target) -> bool:
-    triple = str(_attr(target, "mtriple") or "")
-    return triple.startswith(("aarch64", "arm64"))
-
-
-def has_vnni(target: tvm.target.Target) -> bool:
-    """AVX-512 VNNI: ``+avx512vnni`` in mattr, an mcpu LLVM knows to have it, or mcpu=native on a CPU that has it."""
-    if str(target.kind.name) != "llvm" or is_aarch64(target):
-        return False
-    triple = str(_attr(target, "mtriple") or "")
-    if triple and not triple.startswith(("x86_64", "i686", "i386")):
-        return False
-    mattr = [str(a) for a in (_attr(target, "mattr") or [])]
-    if "+avx512vnni" in mattr:
-        return True
-    if "-avx512vnni" in mattr:
-        return False
-    mcpu = str(_attr(target, "mcpu") or "")
-    if mcpu == "native":
-        return host_has_vnni()
-    return bool(mcpu) and cpu_has_feature(mcpu, "avx512vnni")
-
-
-@functools.cache
-def cpu_has_feature(mcpu: str, feature: str) -> bool:
-    """Whether LLVM's model of x86 CPU ``mcpu`` has ``feature`` (e.g. avx512vnni); a fixed list where LLVM cannot
-    say."""
-    try:
-        from tvm.target import codegen
-
-        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-        return bool(codegen.llvm_cpu_has_features([feature], target))
-    except Exception:  # noqa: BLE001 - an LLVM without the query
-        return feature == "avx512vnni" and mcpu in _VNNI_CPUS
-
-
-@functools.cache
-def host_has_vnni() -> bool:
-    """Whether this machine runs AVX-512 VNNI code: LLVM's host CPU (from cpuid, so an emulated CPU such as
-    ``qemu-x86_64 -cpu Haswell`` counts as what it emulates) must have it, and /proc/cpuinfo must not deny it (a
-    VM may mask features of the CPU model it reports)."""
-    try:
-        from tvm.target import codegen
-
-        cpu = str(codegen.llvm_get_system_cpu())
-    except Exception:  # noqa: BLE001
-        cpu = ""
-    if cpu and cpu != "generic" and not cpu_has_feature(cpu, "avx512vnni"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and "avx512_vnni" in line.split() for line in fh)
-    except OSError:
-        return bool(cpu) and cpu != "generic"
-
-
-@functools.cache
-def register_vnni_intrinsic() -> None:
-    """Replace TVM's ``dot_16x4_vnni`` tensor intrinsic with one LLVM 22 accepts (idempotent)."""
-    from compress_graph.targets.schedule import light_tensor_intrinsics
-
-    light_tensor_intrinsics("cpu")  # only the CPU intrinsics: importing every backend's takes ~20 s
-    import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the shipped intrinsics first
-    from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def vnni_16x4(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-                  c: T.Buffer((16,), "int32", offset_factor=1)):
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            a_vec = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-                                  dtype="int8x64")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"), a_vec, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-    TensorIntrin.register(VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc, vnni_16x4, override=True)
+# feature detection lives with the ISA families; re-exported for existing callers
+from compress_graph.targets.isa.arm_sdot import is_aarch64  # noqa: E402,F401
+from compress_graph.targets.isa.x86_vnni import has_vnni, host_has_vnni  # noqa: E402,F401
+from compress_graph.targets.isa.x86_vnni import register_intrinsic as register_vnni_intrinsic  # noqa: E402,F401
 
 
 def pack_kernel(w: np.ndarray, ic_bn: int) -> np.ndarray:
@@ -134,15 +46,18 @@ def unpack_data(x: relax.Expr, block: int) -> relax.Expr:
     return relax.op.layout_transform(x, lambda n, c, h, w, cb: (n, c * block + cb, h, w))
 
 
-class VnniConvEmitter:
-    """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed u8 x s8 convs.
+class PackedConvEmitter:
+    """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed convs on uint8 activations
+    for the dot-product ISA ``family`` (a targets/isa module).
 
-    Returns ``(acc_int32_packed, block)``, or None when the conv does not fit (a signed input; groups other
-    than 1, except depthwise convs with a multiple of 16 channels); those keep the plain NCHW int8 conv.
+    Returns ``(acc_int32_packed, block, offset)`` with ``acc = sum((x - offset) * w)``, or None when the conv
+    does not fit (a signed input; groups other than 1, except depthwise convs with a multiple of 16 channels);
+    those keep the plain NCHW int8 conv.
     """
 
-    def __init__(self, target: tvm.target.Target):
+    def __init__(self, target: tvm.target.Target, family):
         self.target = target
+        self.family = family
         self._packed_inputs: dict = {}
 
     def __call__(self, bb: relax.BlockBuilder, x: relax.Expr, x_packed, zp: int, w: np.ndarray,
@@ -156,7 +71,7 @@ class VnniConvEmitter:
                 kernel = relax.const(pack_depthwise_kernel(w), "int8")
                 acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation),
                                  zp)
-                return acc, OC_BLOCK
+                return acc, OC_BLOCK, 0
             return None
         if n_out % OC_BLOCK:  # zero-weight output channels up to a whole block; the unpack drops them
             w = np.concatenate([w, np.zeros((OC_BLOCK - n_out % OC_BLOCK,) + w.shape[1:], w.dtype)])
@@ -174,9 +89,10 @@ class VnniConvEmitter:
         ic_bn = next(b for b in (16, 8, 4) if n_in % b == 0)
         xp = self._packed_input(bb, x, x_packed, ic_bn, extra)
         kernel = relax.const(pack_kernel(w, ic_bn), "int8")
-        acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp,
+        offset = self.family.INPUT_OFFSET
+        acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
                          primfunc_name_hint="conv2d_NCHWc_int8")
-        return acc, OC_BLOCK
+        return acc, OC_BLOCK, offset
 
     def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
         """``x`` (with ``extra`` zero channels) in NCHW[block]c: the packed producer's result when there is
@@ -222,10 +138,11 @@ def _zero_point_pad(data, padding, zp: int):
         name="data_pad_zp")
 
 
-def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int):
-    """Packed u8 x s8 -> s32 conv: NCHW[ic_bn]c data, OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the
-    padding carries the zero point. Same reduction as ``topi.nn.conv2d_NCHWc_int8`` (block
-    ``conv2d_NCHWc_int8``), which pads with 0 and so needed a separate pad kernel before every conv."""
+def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0):
+    """Packed conv of uint8 data minus ``offset`` with int8 weights -> int32: NCHW[ic_bn]c data,
+    OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the padding carries the zero point. The reduction of
+    ``topi.nn.conv2d_NCHWc_int8`` (block ``conv2d_NCHWc_int8``; it pads with 0 and so needed a separate pad kernel
+    before every conv), with the ISA family's input offset (0: u8 x s8, VNNI; 128: s8 x s8, sdot)."""
     from tvm import te
 
     data_pad = _zero_point_pad(data, padding, zp)
@@ -239,12 +156,13 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int):
     ico = te.reduce_axis((0, ic_chunks), name="ic_outer")
     icf = te.reduce_axis((0, ic_f), name="ic_f_inner")
     ics = te.reduce_axis((0, ic_s), name="ic_s_inner")
+    def term(b, oc, y, x, ob):
+        a = data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, icf * ic_s + ics].astype("int32")
+        return (a - offset if offset else a) * kernel[oc, ico, rh, rw, icf, ob, ics].astype("int32")
+
     return te.compute(
         (n, oc_chunks, oh, ow, oc_bn),
-        lambda b, oc, y, x, ob: te.sum(
-            data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, icf * ic_s + ics].astype("int32")
-            * kernel[oc, ico, rh, rw, icf, ob, ics].astype("int32"),
-            axis=[rh, rw, ico, icf, ics]),
+        lambda b, oc, y, x, ob: te.sum(term(b, oc, y, x, ob), axis=[rh, rw, ico, icf, ics]),
         name="conv2d_NCHWc_int8")
 
 

@@ -38,6 +38,15 @@ def fixed_point(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mant, shift
 
 
+def ties_possible(mant: np.ndarray, shift: np.ndarray, acc_bound: np.ndarray | None = None) -> np.ndarray:
+    """Per channel: can ``v * M`` be an odd multiple of ``2**(shift-1)`` for an integer ``|v| <= acc_bound``? It
+    needs ``|v| >= 2**(shift - 1 - tz(M))``, tz = trailing zero bits of M."""
+    tz = np.array([(int(m) & -int(m)).bit_length() - 1 for m in np.ravel(mant)], np.int64)
+    bound = np.broadcast_to(np.float64(2**31 - 1) if acc_bound is None else np.asarray(acc_bound, np.float64),
+                            tz.shape)
+    return np.exp2((np.ravel(shift) - 1 - tz).astype(np.float64)) <= bound
+
+
 def _const(arr: np.ndarray, dtype: str) -> relax.Constant:
     return relax.const(np.ascontiguousarray(np.asarray(arr).astype(dtype)), dtype)
 
@@ -51,31 +60,56 @@ def channel_shape(ndim: int, axis: int, n: int) -> tuple[int, ...]:
 
 def emit_requant(bb: relax.BlockBuilder, acc: relax.Expr, multiplier: np.ndarray, zero_point: int,
                  out_dtype: str, bcast_shape: tuple[int, ...], *, lo: int | None = None,
-                 hi: int | None = None, mode: str = "fixed") -> relax.Expr:
-    """int32 ``acc`` -> ``clip(round(acc * multiplier) + zero_point)`` as ``out_dtype`` (not emitted last).
+                 hi: int | None = None, mode: str = "fixed", bias: np.ndarray | None = None,
+                 acc_bound: np.ndarray | None = None) -> relax.Expr:
+    """int32 ``acc`` -> ``clip(round((acc + bias) * multiplier) + zero_point)`` as ``out_dtype`` (not emitted
+    last).
 
-    ``multiplier`` is a scalar or a vector reshaped to ``bcast_shape``; ``lo``/``hi`` tighten the clip
-    (a fused Relu/Clip in the quantized domain).
+    ``multiplier`` (and ``bias``, int) are scalars or vectors reshaped to ``bcast_shape``; ``lo``/``hi`` tighten
+    the clip (a fused Relu/Clip in the quantized domain).
+
+    Fixed point: ``(acc * M + C) >> shift`` with ``C = bias * M + 2**(shift-1) + (zero_point << shift)`` folded
+    at compile time, so the kernel does one 32 x 32 -> 64-bit multiply (M < 2**31 is stored as int32: NEON
+    ``smull``, x86 ``vpmuldq``; a full 64-bit multiply, which NEON lacks, was scalarized), one add and one shift
+    per element. Rounding is half to even: an exact tie (``acc * M`` a multiple of ``2**(shift-1)`` but not of
+    ``2**shift``) needs ``|acc + bias| >= 2**(shift - 1 - tz(M))`` (tz: trailing zero bits); only where
+    ``acc_bound`` (per channel, default 2**31) allows that is the odd-floor correction emitted.
     """
     qmin, qmax = QRANGE[out_dtype]
     lo = qmin if lo is None else max(qmin, lo)
     hi = qmax if hi is None else min(qmax, hi)
     mult = np.asarray(multiplier, dtype=np.float64)
-    shape = bcast_shape if mult.size > 1 else ()
+    b = None if bias is None else np.asarray(bias, dtype=np.int64)
+    per_channel = mult.size > 1 or (b is not None and b.size > 1)
+    shape = bcast_shape if per_channel else ()
+    n = int(np.prod(bcast_shape)) if per_channel else 1
     if mode == "float":
-        scale = _const(mult.astype(np.float32).reshape(shape), "float32")
+        if b is not None and np.any(b):
+            acc = bb.emit(relax.op.add(acc, _const(np.broadcast_to(b, (n,)).reshape(shape), "int32")))
+        scale = _const(np.broadcast_to(mult.astype(np.float32), (n,)).reshape(shape), "float32")
         val = bb.emit(relax.op.round(relax.op.multiply(relax.op.astype(acc, "float32"), scale)))
         val = bb.emit(relax.op.astype(val, "int32"))
+        if zero_point:
+            val = bb.emit(relax.op.add(val, _const(np.array(zero_point), "int32")))
     else:
-        mant, shift = fixed_point(mult.reshape(-1))
+        mant, shift = fixed_point(np.broadcast_to(mult.reshape(-1), (n,)))
+        b64 = np.zeros(n, np.int64) if b is None else np.broadcast_to(b.reshape(-1), (n,)).astype(np.int64)
+        ties = bool(np.any(ties_possible(mant, shift, acc_bound)))
+        half = (np.int64(1) << (shift - 1)) - (1 if ties else 0)
+        # the zero point joins the constant while zp << shift leaves int64 room for (acc + b) * M < 2**62
+        fold_zp = int(shift.max()) <= 53
+        const = b64 * mant + half + ((np.int64(zero_point) << shift) if fold_zp else 0)
         shift_c = _const(shift.reshape(shape), "int64")
-        prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), _const(mant.reshape(shape), "int64")))
-        odd = relax.op.bitwise_and(relax.op.right_shift(prod, shift_c), _const(np.array(1), "int64"))
-        bias = _const(((np.int64(1) << (shift - 1)) - 1).reshape(shape), "int64")
-        val = bb.emit(relax.op.right_shift(relax.op.add(relax.op.add(prod, bias), odd), shift_c))
+        mant_c = relax.op.astype(_const(mant.reshape(shape), "int32"), "int64")
+        prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), mant_c))
+        if ties:  # half to even at an exact tie: add 1 when the floor of the (unbiased) quotient is odd
+            floor = relax.op.right_shift(relax.op.add(prod, _const((b64 * mant).reshape(shape), "int64")), shift_c)
+            odd = relax.op.bitwise_and(floor, _const(np.array(1), "int64"))
+            prod = bb.emit(relax.op.add(prod, odd))
+        val = bb.emit(relax.op.right_shift(relax.op.add(prod, _const(const.reshape(shape), "int64")), shift_c))
         val = bb.emit(relax.op.astype(val, "int32"))
-    if zero_point:
-        val = bb.emit(relax.op.add(val, _const(np.array(zero_point), "int32")))
+        if zero_point and not fold_zp:
+            val = bb.emit(relax.op.add(val, _const(np.array(zero_point), "int32")))
     val = bb.emit(relax.op.clip(val, lo, hi))
     return relax.op.astype(val, out_dtype)
 

@@ -71,8 +71,9 @@ def _register_tile(sch, loop, reg_n: int):
     return sch.split(loop, [None, max(d for d in range(1, min(reg_n, width) + 1) if width % d == 0)])
 
 
-def schedule_vnni_conv(func, reg_n: int = REG_N):
-    """The scheduled PrimFunc for a fused packed conv (+ epilogue); raises if the kernel does not fit."""
+def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N):
+    """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
+    raises if the kernel does not fit."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
     n, oc_chunk, oh, ow, oc_block, kh, kw, ic_outer, ic_f_inner, ic_s_inner = sch.get_loops(conv)
     ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
@@ -83,7 +84,7 @@ def schedule_vnni_conv(func, reg_n: int = REG_N):
     for block in epilogue:
         sch.reverse_compute_at(block, ow_outer)
     init = sch.decompose_reduction(conv, ic_outer)
-    sch.tensorize(oc_block, VNNI_INTRIN)
+    sch.tensorize(oc_block, intrin)
     sch.unroll(ow_inner)
     return _finish_after(sch, init, epilogue)
 
@@ -115,26 +116,28 @@ def _finish_after(sch, init, epilogue):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-_SCHEDULES = (schedule_vnni_conv, schedule_depthwise)
-
-
 def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
-    """Hand-schedule, in a new module, every not-yet-scheduled packed VNNI conv kernel of the fused ``mod``.
+    """Hand-schedule, in a new module, every not-yet-scheduled packed int8 conv kernel of the fused ``mod`` with
+    the target's dot-product family (targets/isa).
 
     Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for packed convs the
-    schedule did not fit (they stay as they were).
+    schedule did not fit (they stay as they were), ``isa`` the family used.
     """
-    from compress_graph.targets.int8.packed import has_vnni, register_vnni_intrinsic
+    from compress_graph.targets import isa
 
     stats: dict[str, Any] = {"scheduled": [], "failed": {}}
-    if not has_vnni(target):
+    family = isa.int8_dot(target)
+    if family is None:
         return mod, stats
-    register_vnni_intrinsic()
+    stats["isa"] = family.NAME
+    family.register_intrinsic()
+    schedules = (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N),
+                 lambda f: schedule_depthwise(f, family.REG_N))
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
             continue
-        for fn in _SCHEDULES:
+        for fn in schedules:
             try:
                 updates[gv] = fn(func)
                 stats["scheduled"].append(gv.name_hint)

@@ -26,7 +26,8 @@ from tvm import relax  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 VNNI_HOST = vnni_target()
-A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
+       "num-cores": 1}
 A53 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]}
 
 
@@ -43,7 +44,14 @@ def test_target_options():
     assert has_vnni(tvm.target.Target(VNNI_HOST))
     assert not has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "skylake"}))
     assert not has_vnni(tvm.target.Target(A76))
-    assert options_for_target(tvm.target.Target(A76)).act_dtype == "int8"
+    from compress_graph.targets import isa
+
+    assert isa.int8_dot(tvm.target.Target(A76)).NAME == "arm-sdot"
+    assert isa.int8_dot(tvm.target.Target({**A53, "mcpu": "cortex-a55"})).NAME == "arm-sdot"  # dotprod by mcpu
+    assert isa.int8_dot(tvm.target.Target(A53)) is None
+    assert isa.int8_dot(tvm.target.Target(VNNI_HOST)).NAME == "x86-vnni"
+    assert options_for_target(tvm.target.Target(A76)).conv_emitter.family.INPUT_OFFSET == 128
+    assert options_for_target(tvm.target.Target(A53)).act_dtype == "int8"  # no dot product: plain s8 x s8
     assert options_for_target(tvm.target.Target(VNNI_HOST)).conv_emitter is not None
 
 
@@ -73,13 +81,20 @@ def test_vnni_packed_model_emits_vpdpbusd_and_matches(resnet_qdq):
     assert np.max(np.abs(got - want)) <= output_scales(onnx.load(str(resnet_qdq)))[0] * 1.001
 
 
-def test_arm_cortex_a76_emits_sdot(resnet_qdq, tmp_path):
+def test_arm_cortex_a76_packed_convs_are_tensorized_to_sdot(resnet_qdq, tmp_path):
+    """The packed path of x86 VNNI on aarch64: every conv packed (NCHW16c, uint8 activations), packed from the
+    first conv to the pool, the 16x4 step of each hand-scheduled conv one group of 4 ``sdot`` (what executes is
+    counted by bench/arm and tests/bench/test_arm_insn.py)."""
+    from compress_graph.targets.int8.build import compile_module, preprocess
+    from compress_graph.targets.int8.schedule import schedule_int8_kernels
+
     target = tvm.target.Target(A76)
     low, stats = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
-    text = low.script()
-    assert 'dtype="uint8") = R.nn.conv2d(' not in text  # int8 x int8 for sdot
-    assert stats["float"] == 0
-    ex = relax.build(low, target=target)
+    assert stats["by_op"]["conv2d_packed"] == 13 and stats["float"] == 0
+    assert layout_moves(low) == 2
+    _, hand = schedule_int8_kernels(preprocess(low, target), target)
+    assert hand["isa"] == "arm-sdot" and len(hand["scheduled"]) >= 11 and not hand["failed"]
+    ex = compile_module(preprocess(low, target), target)
     assert "sdot" in _asm(ex)
     cxx = shutil.which("aarch64-linux-gnu-g++")
     if cxx is None:
@@ -131,5 +146,5 @@ def test_arm_int8_pose_with_conv_transpose_builds_and_matches_under_qemu(tmp_pat
         pytest.skip(reason or "aarch64-linux-gnu-g++ not installed")
     model, _ = run_pipeline(load(MODELS / "pose_s.onnx"), "fold-bn,quant", verify=False, seed=0)
     section = build_for_target(model.to_onnx(), "arm{cpu=cortex-a76}", tmp_path, verify_target=True)
-    assert section["int8"]["by_op"].get("conv2d_transpose") == 1
+    assert section["int8"]["by_op"].get("conv2d_transpose_packed") == 1
     assert section["verification"]["status"] == "passed", section["verification"]

@@ -1,0 +1,125 @@
+"""aarch64 with the Armv8.2 dot product (cortex-a55/a76/a78, x1, neoverse-n1): ``sdot``, int8 x int8 only.
+
+The packed int8 conv keeps uint8 activations (the layouts, padding and packed elementwise ops of the x86 path
+unchanged); the intrinsic turns the 4 activation bytes into int8 on the fly (``x ^ 0x80 == x - 128``, one ``eor``
+per broadcast shared by 4 ``sdot``) and the lowering moves the 128 into the bias (``INPUT_OFFSET``). One 16x4
+step: 16 output channels x 4 input channels = 4 ``sdot`` (4 int32 lanes x 4 int8 products each), the weights
+as 4 q registers reused across the ``REG_N`` output pixels of a tile.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tvm
+
+NAME = "arm-sdot"
+INPUT_OFFSET = 128  # sdot multiplies int8 x int8: the uint8 activation enters as x - 128
+INTRIN = "compress_graph_dot_16x4_u8off_s8_sdot"
+REG_N = 2  # output pixels per register tile: 2 x 4 q accumulators; 4 and 6 executed 3-5 % more (spills)
+
+
+def _attr(target: tvm.target.Target, key: str):
+    return target.attrs.get(key) if hasattr(target.attrs, "get") else None
+
+
+def is_aarch64(target: tvm.target.Target) -> bool:
+    return str(target.kind.name) == "llvm" and str(_attr(target, "mtriple") or "").startswith(("aarch64", "arm64"))
+
+
+def matches(target: tvm.target.Target) -> bool:
+    """aarch64 with ``+dotprod`` in mattr or an mcpu LLVM knows to have it."""
+    if not is_aarch64(target):
+        return False
+    mattr = [str(a) for a in (_attr(target, "mattr") or [])]
+    if "+dotprod" in mattr:
+        return True
+    if "-dotprod" in mattr:
+        return False
+    from compress_graph.targets.isa.x86_vnni import cpu_has_feature
+
+    mcpu = str(_attr(target, "mcpu") or "")
+    return bool(mcpu) and cpu_has_feature(mcpu, "dotprod", "aarch64-linux-gnu")
+
+
+@functools.cache
+def register_intrinsic() -> None:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + (T.cast(a[vk], "int32") - 128) * T.cast(b[vi, vk], "int32")
+
+    sdot = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+
+    # no named temporaries inside: TVMScript turns them into local buffers, which become a workspace allocation
+    # (TVMBackendAllocWorkspace / Free) per intrinsic call
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for q in T.unroll(4):  # 4 output channels per sdot; the 4 activation bytes, each minus 128 (xor of
+                # its top bit), broadcast to every lane
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                    b.vload([q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.broadcast(T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"),
+                                                            T.int32(-2139062144)), 4), dtype="int8x16"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(INTRIN, desc, impl, override=True)
+
+
+# -- requantization of the packed kernels' int32 accumulators ---------------------------------------------------
+def requant_constants(mant: np.ndarray, shift: np.ndarray, acc_bound: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(M, left, round, k) int32 per channel for ``(mulhi31((acc + b) << left, M) + round) >> k``, or None where
+    that is not exact; ``mulhi31(v, M) = floor(v * M / 2**31)`` (what NEON's ``sqdmulh`` computes).
+
+    Adding ``2**(k-1)`` and shifting by ``k = shift + left - 31 >= 1`` is then exactly
+    ``floor(v * M / 2**shift + 1/2)`` (the low 31 bits dropped first cannot cross an integer boundary of the second
+    quotient). Multipliers of 1/2 and more (shift <= 31) pre-shift ``v`` left, which ``acc_bound`` (per channel:
+    the largest ``|acc + b|``) must leave inside int32. This rounds half up, so it is used only where no exact tie
+    can occur (``requant.ties_possible``). Everything after the 32 x 32 -> 64-bit product is 32-bit arithmetic:
+    4-lane NEON vectors, where the generic int64 fixed point runs on 2-lane ones."""
+    from compress_graph.targets.int8.requant import ties_possible
+
+    bound = np.asarray(acc_bound, np.float64)
+    left = np.maximum(32 - shift, 0).astype(np.int64)
+    if np.any(bound * np.exp2(left) >= 2**31) or np.any(ties_possible(mant, shift, bound)):
+        return None
+    k = shift + left - 31
+    if np.any(k < 1) or np.any(k > 31):
+        return None
+    return (mant.astype(np.int32), left.astype(np.int32), (np.int64(1) << (k - 1)).astype(np.int32),
+            k.astype(np.int32))
+
+
+def requant_te(acc, bias, mult, left, rounding, shift, zero_point: int, lo: int, hi: int, out_dtype: str):
+    """8-bit ``clip(((mulhi31((acc + bias) << left, M) + round) >> k) + zero_point)`` of a packed int32 ``acc``
+    (N, C/16, H, W, 16); the per-channel constants are (1, C/16, 1, 1, 16). LLVM makes the product ``smull`` /
+    ``smull2`` + ``shrn`` / ``shrn2`` on any vector width. (NEON's ``sqdmulh`` does the product in one instruction
+    and took another 4-7 % off mobilenetv2_s / resnet_s, but LLVM selects it only for vectors of 4 lanes and aborts
+    the process on wider ones, which a sampled schedule of a kernel the hand schedule did not take could produce.)"""
+    from tvm import te, tirx
+
+    def f(n, c, y, x, k):
+        a = tirx.shift_left(acc[n, c, y, x, k] + bias[0, c, 0, 0, k], left[0, c, 0, 0, k])
+        q = tirx.shift_right(a.astype("int64") * mult[0, c, 0, 0, k].astype("int64"),
+                             tirx.const(31, "int64")).astype("int32")
+        r = tirx.shift_right(q + rounding[0, c, 0, 0, k], shift[0, c, 0, 0, k]) + tirx.const(zero_point, "int32")
+        return tirx.max(tirx.min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
+
+    return te.compute(acc.shape, f, name="requant_mulhi")
