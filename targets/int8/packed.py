@@ -24,6 +24,7 @@ from compress_graph.targets.int8.match import channels_of, dtype_of
 from tvm import relax
 
 OC_BLOCK = 16
+PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # adds the partial sums of a PAIRS family's conv (targets/isa)
 
 # feature detection lives with the ISA families; re-exported for existing callers
 from compress_graph.targets.isa.arm_sdot import is_aarch64  # noqa: E402,F401
@@ -91,7 +92,7 @@ class PackedConvEmitter:
         kernel = relax.const(pack_kernel(w, ic_bn), "int8")
         offset = self.family.INPUT_OFFSET
         acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
-                         primfunc_name_hint="conv2d_NCHWc_int8")
+                         getattr(self.family, "PAIRS", 1), primfunc_name_hint="conv2d_NCHWc_int8")
         return acc, OC_BLOCK, offset
 
     def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
@@ -138,11 +139,14 @@ def _zero_point_pad(data, padding, zp: int):
         name="data_pad_zp")
 
 
-def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0):
+def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0, pairs: int = 1):
     """Packed conv of uint8 data minus ``offset`` with int8 weights -> int32: NCHW[ic_bn]c data,
     OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the padding carries the zero point. The reduction of
     ``topi.nn.conv2d_NCHWc_int8`` (block ``conv2d_NCHWc_int8``; it pads with 0 and so needed a separate pad kernel
-    before every conv), with the ISA family's input offset (0: u8 x s8, VNNI; 128: s8 x s8, sdot)."""
+    before every conv), with the ISA family's input offset (0: u8 x s8, VNNI; 128: s8 x s8, sdot / NEON).
+    ``pairs`` > 1: the reduction keeps ``pairs`` partial sums per output (consecutive input channels of every
+    group of 4 split into ``pairs`` runs; block ``conv2d_NCHWc_int8`` with a trailing axis), added by a second
+    block."""
     from tvm import te
 
     data_pad = _zero_point_pad(data, padding, zp)
@@ -156,14 +160,26 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset:
     ico = te.reduce_axis((0, ic_chunks), name="ic_outer")
     icf = te.reduce_axis((0, ic_f), name="ic_f_inner")
     ics = te.reduce_axis((0, ic_s), name="ic_s_inner")
-    def term(b, oc, y, x, ob):
-        a = data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, icf * ic_s + ics].astype("int32")
-        return (a - offset if offset else a) * kernel[oc, ico, rh, rw, icf, ob, ics].astype("int32")
+    def term(b, oc, y, x, ob, i):
+        a = data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, icf * ic_s + i].astype("int32")
+        return (a - offset if offset else a) * kernel[oc, ico, rh, rw, icf, ob, i].astype("int32")
 
+    if pairs == 1:
+        return te.compute(
+            (n, oc_chunks, oh, ow, oc_bn),
+            lambda b, oc, y, x, ob: te.sum(term(b, oc, y, x, ob, ics), axis=[rh, rw, ico, icf, ics]),
+            name="conv2d_NCHWc_int8")
+    run = ic_s // pairs
+    ics = te.reduce_axis((0, run), name="ic_s_inner")
+    partial = te.compute(
+        (n, oc_chunks, oh, ow, oc_bn, pairs),
+        lambda b, oc, y, x, ob, p: te.sum(term(b, oc, y, x, ob, p * run + ics), axis=[rh, rw, ico, icf, ics]),
+        name="conv2d_NCHWc_int8")
+    rp = te.reduce_axis((0, pairs), name="pair")
     return te.compute(
         (n, oc_chunks, oh, ow, oc_bn),
-        lambda b, oc, y, x, ob: te.sum(term(b, oc, y, x, ob), axis=[rh, rw, ico, icf, ics]),
-        name="conv2d_NCHWc_int8")
+        lambda b, oc, y, x, ob: te.sum(partial[b, oc, y, x, ob, rp], axis=[rp]),
+        name=PAIRS_BLOCK)
 
 
 def pack_depthwise_kernel(w: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
 CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
 PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
+PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
 VNNI_INTRIN = "dot_16x4_vnni"
 REG_N = 8  # output pixels per register tile: 8 int32x16 accumulators (4, 8, 16 measured alike on resnet_s)
 
@@ -53,9 +54,12 @@ def _open(func, block_name: str):
     at = 1 if pad is not None else 0
     if sch.get(blocks[at]).name_hint != block_name:
         raise ValueError("producers fused before the conv")
+    if len(blocks) > at + 1 and sch.get(blocks[at + 1]).name_hint == PAIRS_BLOCK:
+        at += 1  # the partial-sum reduction stays a block of its own (a reduction cannot be inlined)
     for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
         sch.compute_inline(block)
-    return sch, main, pad, sch.get_child_blocks(root)[at + 1:]
+    return sch, main, pad, sch.get_child_blocks(root)[at:] if at > (pad is not None) else \
+        sch.get_child_blocks(root)[at + 1:]
 
 
 def _pad_rows(sch, pad, outer) -> None:
@@ -75,9 +79,12 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
     raises if the kernel does not fit."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
-    n, oc_chunk, oh, ow, oc_block, kh, kw, ic_outer, ic_f_inner, ic_s_inner = sch.get_loops(conv)
+    loops = sch.get_loops(conv)
+    pair = loops[5:6] if len(loops) == 11 else []  # the partial-sum axis of a PAIRS family (targets/isa)
+    n, oc_chunk, oh, ow, oc_block = loops[:5]
+    kh, kw, ic_outer, ic_f_inner, ic_s_inner = loops[5 + len(pair):]
     ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
-    sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, ic_s_inner)
+    sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, *pair, ic_s_inner)
     outer = sch.fuse(n, oc_chunk, oh)
     sch.parallel(outer)
     _pad_rows(sch, pad, outer)
@@ -86,6 +93,14 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N):
     init = sch.decompose_reduction(conv, ic_outer)
     sch.tensorize(oc_block, intrin)
     sch.unroll(ow_inner)
+    if pair:  # the partial sums added per output tile, 16 channels at a time
+        pairs = epilogue.pop(0)
+        *_, pw, pb, pp = sch.get_loops(pairs)
+        sch.reorder(pp, pb)
+        sch.vectorize(pb)  # before the init is split off: the update block alone may not be vectorized
+        sch.unroll(pp)
+        pinit = sch.decompose_reduction(pairs, pp)
+        sch.vectorize(sch.get_loops(pinit)[-1])
     return _finish_after(sch, init, epilogue)
 
 

@@ -3,18 +3,19 @@
 Each module describes one ISA's 8-bit dot product for the packed int8 convs (targets/int8/packed.py lays the
 data out, targets/int8/schedule.py tiles the loops): ``NAME``, ``matches(target)``, the tensor intrinsic that
 computes ``C[16] += sum_k (A[k] - INPUT_OFFSET) * B[16, k]`` over 4 k (uint8 A, int8 B, int32 C) and its
-``register_intrinsic()``, and ``REG_N``, the output pixels one register tile holds. A new ISA is a new module
-here, not a branch in the schedules.
+``register_intrinsic()``, and ``REG_N``, the output pixels one register tile holds; ``PAIRS`` (optional): the
+intrinsic accumulates ``C[16, PAIRS]`` partial sums that the epilogue adds. A new ISA is a new module here, not a
+branch in the schedules.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from compress_graph.targets.isa import arm_sdot, x86_vnni
+from compress_graph.targets.isa import arm_neon, arm_sdot, x86_vnni
 
 #: int8 dot-product kernel families, first match wins
-INT8_DOT: tuple[ModuleType, ...] = (x86_vnni, arm_sdot)
+INT8_DOT: tuple[ModuleType, ...] = (x86_vnni, arm_sdot, arm_neon)
 
 
 def int8_dot(target) -> ModuleType | None:

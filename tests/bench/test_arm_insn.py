@@ -107,3 +107,19 @@ def test_int8_sdot_library_beats_onnxruntime_on_cortex_a76(insn, tmp_path):
     # the same QDQ model: onnxruntime's fused kernels here are exact (udot), so both follow the QDQ semantics
     assert row["max_abs_diff_vs_ort"] <= 1e-3, row["max_abs_diff_vs_ort"]
     assert np.isfinite(row["ours_minsn"]) and row["ours_functions"]
+
+
+@pytest.mark.slow
+def test_int8_neon_library_beats_onnxruntime_on_cortex_a72(insn, tmp_path):
+    """The family for cores without the dot product (a53/a72): the same packed convs with smull / sadalp.
+    Measured 0.85x onnxruntime's int8 instructions on resnet_s (bench/arm/README.md)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run as bench
+    finally:
+        sys.path.remove(str(BENCH))
+    row = bench.measure("resnet_s", "int8", "cortex-a72", tmp_path, runs=2)
+    assert row["ratio"] <= 0.95, row
+    widening = row["ours_top_ops"].get("smull.v", 0) + row["ours_top_ops"].get("sadalp.v", 0)
+    assert widening >= 0.4 * row["ours_minsn"] * 1e6, row["ours_top_ops"]  # the convs' MACs run on NEON
+    assert row["dot_mac_share"]["ours"] == 0.0 and row["max_abs_diff_vs_ort"] <= 1e-3

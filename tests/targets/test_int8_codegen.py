@@ -28,7 +28,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 VNNI_HOST = vnni_target()
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
        "num-cores": 1}
-A53 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]}
+A53 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"], "num-cores": 1}
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,11 @@ def test_target_options():
 
     assert isa.int8_dot(tvm.target.Target(A76)).NAME == "arm-sdot"
     assert isa.int8_dot(tvm.target.Target({**A53, "mcpu": "cortex-a55"})).NAME == "arm-sdot"  # dotprod by mcpu
-    assert isa.int8_dot(tvm.target.Target(A53)) is None
+    assert isa.int8_dot(tvm.target.Target(A53)).NAME == "arm-neon"  # no dot product: smull / sadalp
     assert isa.int8_dot(tvm.target.Target(VNNI_HOST)).NAME == "x86-vnni"
+    assert isa.int8_dot(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})) is None
     assert options_for_target(tvm.target.Target(A76)).conv_emitter.family.INPUT_OFFSET == 128
-    assert options_for_target(tvm.target.Target(A53)).act_dtype == "int8"  # no dot product: plain s8 x s8
+    assert options_for_target(tvm.target.Target(A53)).conv_emitter.family.PAIRS == 2
     assert options_for_target(tvm.target.Target(VNNI_HOST)).conv_emitter is not None
 
 
@@ -106,11 +107,17 @@ def test_arm_cortex_a76_packed_convs_are_tensorized_to_sdot(resnet_qdq, tmp_path
 
 
 @pytest.mark.slow
-def test_arm_cortex_a53_builds_without_dotprod(resnet_qdq):
+def test_arm_cortex_a53_packed_convs_use_smull_sadalp_without_dotprod(resnet_qdq):
+    from compress_graph.targets.int8.build import compile_module, preprocess
+    from compress_graph.targets.int8.schedule import schedule_int8_kernels
+
     target = tvm.target.Target(A53)
-    low, _ = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
-    asm = _asm(relax.build(low, target=target))
-    assert "sdot" not in asm  # NEON fallback (smull/smlal, widening adds)
+    low, stats = lower_qdq(import_relax(onnx.load(str(resnet_qdq))), target)
+    assert stats["by_op"]["conv2d_packed"] == 13 and layout_moves(low) == 2
+    _, hand = schedule_int8_kernels(preprocess(low, target), target)
+    assert hand["isa"] == "arm-neon" and len(hand["scheduled"]) >= 11 and not hand["failed"]
+    asm = _asm(compile_module(preprocess(low, target), target))
+    assert "sdot" not in asm and "sadalp" in asm and "smull" in asm
 
 
 @pytest.mark.slow

@@ -1,0 +1,77 @@
+"""aarch64 without the dot product (cortex-a53, a57, a72, a73): 8-bit multiplies widened with NEON.
+
+The same packed layouts as the dot-product families; the 16x4 step (16 output channels x 4 input channels) is
+``smull`` (8 int8 x int8 -> int16 products) and ``sadalp`` (pairwise add of int16 neighbours into int32
+accumulators) per 4 output channels: 4 instructions per 16 MACs, and no horizontal reduction in the loop,
+because the accumulator keeps the two pair sums of every output channel apart (``PAIRS``: the conv computes
+``acc[..., 16, 2]``; the epilogue adds the two, once per output, where TVM's shipped NEON 4x4 intrinsic pays an
+``addp`` per step). Activations enter as ``x - 128`` (``x ^ 0x80``), as for ``sdot``: int8 x int8 products fit int16.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from compress_graph.targets.isa import arm_sdot
+
+# the epilogue is NEON's either way: the sdot family's 32-bit requantization
+requant_constants = arm_sdot.requant_constants
+requant_te = arm_sdot.requant_te
+
+NAME = "arm-neon"
+INPUT_OFFSET = 128
+PAIRS = 2  # the accumulator holds, per output channel, the sums of input channels {0, 1} and {2, 3} of each group
+INTRIN = "compress_graph_dot_16x4x2_u8off_s8_neon"
+REG_N = 2  # output pixels per register tile: 2 x 8 q accumulators (16 channels x 2 pair sums each)
+
+
+def matches(target: tvm.target.Target) -> bool:
+    """aarch64 without the dot product (what arm_sdot does not take)."""
+    return arm_sdot.is_aarch64(target) and not arm_sdot.matches(target)
+
+
+@functools.cache
+def register_intrinsic() -> None:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16, 2), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:2], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16, 0:2])
+            # int64 loops, as the packed conv's (the pattern match compares the index expressions exactly)
+            for i in T.serial(T.int64(0), T.int64(16)):
+                for p in T.serial(T.int64(0), T.int64(2)):
+                    for k in T.serial(T.int64(0), T.int64(2)):
+                        with T.sblock("update"):
+                            vi, vp, vk = T.axis.remap("SSR", [i, p, k])
+                            c[vi, vp] = c[vi, vp] + (T.cast(a[vp * T.int64(2) + vk], "int32") - 128) * T.cast(
+                                b[vi, vp * T.int64(2) + vk], "int32")
+
+    smull = "llvm.aarch64.neon.smull.v8i16"
+    saddlp = "llvm.aarch64.neon.saddlp.v4i32.v8i16"
+
+    # no named temporaries inside: TVMScript turns them into local buffers (a workspace allocation per call)
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16, 2), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:2], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16, 0:2])
+            # per 2 output channels (8 bytes of weights): 8 products with the 4 activation bytes (minus 128, as
+            # int8, twice), then their pairwise sums added to the channels' two pair accumulators
+            for h in T.unroll(8):
+                c[h * 2, T.ramp(0, 1, 4)] = c.vload([h * 2, 0], dtype="int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(saddlp),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(smull),
+                        T.reinterpret(T.broadcast(T.bitwise_xor(
+                            T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), T.int32(-2139062144)), 2),
+                            dtype="int8x8"),
+                        b.vload([h * 2, 0], dtype="int8x8"), dtype="int16x8"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(INTRIN, desc, impl, override=True)
