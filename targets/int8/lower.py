@@ -249,7 +249,6 @@ class QDQLowering(relax.PyExprMutator):
         return x, q.zero_point
 
     def _lower_linear(self, lin: relax.Call, bias: np.ndarray | None, ctx) -> tuple[str, relax.Expr]:
-        s_y, z_y, out_dtype, lo, hi = ctx
         q = self.defs.dequantized(lin.args[0])
         if op_name(lin) == "relax.nn.conv2d":
             kind = "conv2d"
@@ -259,12 +258,8 @@ class QDQLowering(relax.PyExprMutator):
                 raise Refuse(f"layout {attrs.data_layout}/{attrs.kernel_layout}")
             if s_w.size > 1 and axis != 0:
                 raise Refuse("weight scales not per output channel")
-            n_out = w.shape[0]
             x, zp = self._input_for_dot(q)
             acc, block, offset = self._conv(x, zp, w, attrs)
-            # a packed conv may carry extra zero-weight output channels up to a whole block (24 -> 32)
-            n_acc = n_out if block is None else shape_of(acc)[1] * block
-            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(1, 2, 3))
             w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=(1, 2, 3))
         elif op_name(lin) == "relax.nn.conv2d_transpose":
@@ -272,25 +267,42 @@ class QDQLowering(relax.PyExprMutator):
             w, s_w, axis = self.defs.weight(lin.args[1])
             if s_w.size > 1 and axis != 1:
                 raise Refuse("weight scales not per output channel")
-            n_out = w.shape[1]
             x, zp = self._input_for_dot(q)
+            phased = self._conv_transpose_phases(x, zp, w, lin.attrs, bias, q, s_w, ctx)
+            if phased is not None:
+                return phased
             acc, block, offset = self._conv_transpose(x, zp, w, lin.attrs)
-            n_acc = n_out if block is None else shape_of(acc)[1] * block
-            bshape = channel_shape(4, 1, n_out) if block is None else (1, n_acc // block, 1, 1, block)
             w_sum = w.astype(np.int64).sum(axis=(0, 2, 3))
             w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=(0, 2, 3))
         else:
             kind = "matmul"
-            w, s_w, axis, n_out = self._matmul_weight(lin.args[1])
+            w, s_w, axis, _ = self._matmul_weight(lin.args[1])
             if len(shape_of(lin.args[0])) < 2:
                 raise Refuse("matmul input is 1-D")
-            bshape = channel_shape(len(shape_of(lin)), len(shape_of(lin)) - 1, n_out)
             block, offset = None, 0
             x, zp = self._input_for_dot(q)
             acc = self._emit(relax.op.matmul(x, relax.const(w, "int8"), out_dtype="int32"))
             w_sum = w.astype(np.int64).sum(axis=0)
             w_abs_sum = np.abs(w.astype(np.float64)).sum(axis=0)
-            n_acc = n_out
+        ndim = len(shape_of(lin))
+        plain = channel_shape(ndim, 1 if kind != "matmul" else ndim - 1, len(w_sum))
+        out = self._requant_linear(acc, block, offset, zp, w_sum, w_abs_sum, bias, q, s_w, ctx, plain)
+        if block is None:
+            return kind, out
+        return kind + "_packed", self._unpack(self._emit(out), block, len(w_sum))
+
+    def _requant_linear(self, acc, block, offset: int, zp: int, w_sum, w_abs_sum, bias, q: QTensor, s_w, ctx,
+                        plain_shape: tuple[int, ...]) -> relax.Expr:
+        """The 8-bit result of a conv / matmul accumulator ``acc = sum((x - offset) * w)`` (channels on axis 1,
+        or last for a matmul; packed NCHW[block]c when ``block``): bias with the zero-point correction, requant,
+        the fused Relu/Clip bounds."""
+        s_y, z_y, out_dtype, lo, hi = ctx
+        n_out = len(w_sum)
+        if block is not None:
+            n_acc = shape_of(acc)[1] * block  # a packed conv may carry zero-weight channels up to a block
+            bshape = (1, n_acc // block, 1, 1, block)
+        else:
+            n_acc, bshape = n_out, plain_shape
         s_w = np.broadcast_to(s_w.astype(np.float64), (n_out,))
         s_acc = np.float64(q.scale) * s_w
         b_int = np.zeros(n_out, np.int64) if bias is None else np.round(np.broadcast_to(bias, (n_out,)) / s_acc)
@@ -298,26 +310,24 @@ class QDQLowering(relax.PyExprMutator):
         if np.any(np.abs(b_eff) >= 2**31):
             raise Refuse("bias does not fit int32")
         mult = s_acc / np.float64(s_y)
+        # |acc + b_eff| = |sum((x - zp) * w) + b| <= 255 * sum|w| + |b| per channel (x - zp within +-255)
+        bound = 255 * w_abs_sum + np.abs(b_int.astype(np.float64))
         if n_acc > n_out:  # padded channels: bias 0, any valid multiplier (the unpack drops them)
             b_eff = np.concatenate([b_eff, np.zeros(n_acc - n_out, b_eff.dtype)])
             mult = np.concatenate([mult, np.full(n_acc - n_out, mult[-1])])
-        # |acc + b_eff| = |sum((x - zp) * w) + b| <= 255 * sum|w| + |b| per channel (x - zp within +-255)
-        bound = 255 * w_abs_sum + np.abs(b_int.astype(np.float64))
-        if n_acc > n_out:
             bound = np.concatenate([bound, np.zeros(n_acc - n_out)])
         family = getattr(self.opts.conv_emitter, "family", None) if block is not None else None
         out = self._requant_for_isa(family, acc, mult, b_eff, z_y, out_dtype, lo, hi, bshape, bound)
         if out is None:
             out = emit_requant(self.builder_, acc, mult, z_y, out_dtype, bshape, lo=lo, hi=hi,
                                mode=self.opts.requant, bias=b_eff if np.any(b_eff) else None, acc_bound=bound)
-        if block is None:
-            return kind, out
-        return kind + "_packed", self._unpack(self._emit(out), block, n_out)
+        return out
 
     def _requant_for_isa(self, family, acc, mult, bias, z_y, out_dtype, lo, hi, bshape,
                          bound) -> relax.Expr | None:
-        """The ISA family's own requantization of a packed kernel's accumulators (aarch64: ``sqdmulh``), where it
-        has one and it is exact for these multipliers; None: the generic fixed point."""
+        """The ISA family's own requantization of a packed kernel's accumulators (aarch64: 32-bit arithmetic after
+        one 32 x 32 -> 64-bit product), where it has one and it is exact for these multipliers; None: the generic
+        fixed point."""
         from compress_graph.targets.int8.requant import fixed_point
 
         if family is None or not hasattr(family, "requant_te") or self.opts.requant != "fixed":
@@ -365,6 +375,61 @@ class QDQLowering(relax.PyExprMutator):
             raise Refuse("matmul weight scales not per output column")
         return np.ascontiguousarray(w), s_w, axis, w.shape[1]
 
+    def _conv_transpose_phases(self, x: relax.Expr, zp: int, w: np.ndarray, attrs, bias, q: QTensor, s_w,
+                               ctx) -> tuple[str, relax.Expr] | None:
+        """A strided transposed conv as ``sh * sw`` ordinary convs on the undilated input, one per output phase
+        ``(oy % sh, ox % sw)``, each with the kernel taps that reach that phase, then interleaved. The dilated form
+        (:meth:`_conv_transpose`) multiplies every inserted zero: 3/4 of its MACs at stride 2. Each phase's zero
+        point correction sums its own taps; the 8-bit phase results are interleaved (packed where the convs are).
+        None (the caller keeps the dilated form) for dilation, groups, or a phase no tap reaches."""
+        if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "IOHW" or int(attrs.groups) != 1:
+            return None
+        sh, sw = (int(v) for v in attrs.strides)
+        if (sh, sw) == (1, 1) or any(int(v) != 1 for v in attrs.dilation):
+            return None
+        top, left, bottom, right = (int(v) for v in attrs.padding)
+        oph, opw = (int(v) for v in attrs.output_padding)
+        n, _, h, wd = shape_of(x)
+        kh, kw = w.shape[2:]
+        out_h = (h - 1) * sh - top - bottom + kh + oph
+        out_w = (wd - 1) * sw - left - right + kw + opw
+        w_conv = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # the equivalent conv's kernel
+        pad_h, pad_w = kh - 1 - top, kw - 1 - left  # its padding of the dilated input (top, left)
+
+        def taps(r: int, stride: int, k: int, pad: int, size: int, out: int):
+            """(kernel taps, input padding before, after) of output phase r along one axis."""
+            sel = [t for t in range(k) if (r + t - pad) % stride == 0]
+            if not sel:
+                return None
+            first = (r + sel[0] - pad) // stride  # input index of the first tap for the phase's output 0
+            count = len(range(r, out, stride))
+            last = count - 1 + first + len(sel) - 1  # input index of the last tap for its last output
+            return sel, -first, last - (size - 1)
+
+        phases = {}
+        for ry in range(sh):
+            for rx in range(sw):
+                ty, tx = taps(ry, sh, kh, pad_h, h, out_h), taps(rx, sw, kw, pad_w, wd, out_w)
+                if ty is None or tx is None:
+                    return None
+                w_r = np.ascontiguousarray(w_conv[:, :, ty[0]][:, :, :, tx[0]])
+                acc, block, offset = self._conv_raw(x, zp, w_r, [1, 1], [ty[1], tx[1], ty[2], tx[2]], [1, 1], 1)
+                w_sum = w_r.astype(np.int64).sum(axis=(1, 2, 3))
+                w_abs_sum = np.abs(w_r.astype(np.float64)).sum(axis=(1, 2, 3))
+                phases[ry, rx] = (self._emit(self._requant_linear(
+                    acc, block, offset, zp, w_sum, w_abs_sum, bias, q, s_w, ctx,
+                    channel_shape(4, 1, w_r.shape[0]))), block)
+        blocks = {b for _, b in phases.values()}
+        if len(blocks) != 1:
+            raise Refuse("conv2d_transpose phases in different layouts")
+        block = blocks.pop()
+        ordered = [phases[ry, rx][0] for ry in range(sh) for rx in range(sw)]
+        out = self.builder_.emit_te(_interleave_phases, ordered, sh, sw, out_h, out_w,
+                                    primfunc_name_hint="interleave_phases")
+        if block is None:
+            return "conv2d_transpose_phases", out
+        return "conv2d_transpose_phases_packed", self._unpack(out, block, w.shape[1])
+
     def _conv_transpose(self, x: relax.Expr, zp: int, w: np.ndarray, attrs) -> tuple[relax.Expr, int | None, int]:
         """A transposed conv as the ordinary conv it equals: the input dilated by the strides and padded by
         ``dilation * (k - 1) - pad`` (+ output padding), both with the zero point (so every inserted value is a
@@ -404,6 +469,12 @@ class QDQLowering(relax.PyExprMutator):
                                          dilation, groups)
             if out is not None:
                 return out  # (acc, block, offset): acc = sum((x - offset) * w)
+        if any(p < 0 for p in pad):  # a negative padding crops (conv2d_transpose phases)
+            top, left, bottom, right = pad
+            h, w_ = shape_of(x)[2:]
+            x = self._emit(relax.op.strided_slice(x, axes=[2, 3], begin=[max(-top, 0), max(-left, 0)],
+                                                  end=[h - max(-bottom, 0), w_ - max(-right, 0)]))
+            pad = [max(p, 0) for p in pad]
         if zp and any(pad):
             top, left, bottom, right = pad
             x = self._emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", float(zp)))
@@ -647,3 +718,23 @@ def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, L
     out = lowering.transform()
     out = relax.transform.DeadCodeElimination()(out)
     return out, lowering.stats
+
+
+def _interleave_phases(phases, sh: int, sw: int, out_h: int, out_w: int):
+    """Output ``(y, x)`` of a strided transposed conv from phase ``(y % sh, x % sw)`` at ``(y // sh, x // sw)``
+    (NCHW or packed NCHW[b]c phase results, all of one dtype)."""
+    from tvm import te, tirx
+
+    shape = list(phases[0].shape)
+    shape[2], shape[3] = out_h, out_w
+
+    def value(n, c, y, x, *rest):
+        out = None
+        for index in range(len(phases) - 1, -1, -1):
+            ry, rx = divmod(index, sw)
+            here = phases[index][(n, c, y // sh, x // sw, *rest)]
+            out = here if out is None else tirx.if_then_else(  # lazy: other phases may be a row shorter
+                tirx.all(y % sh == ry, x % sw == rx), here, out)
+        return out
+
+    return te.compute(shape, value, name="interleave_phases")

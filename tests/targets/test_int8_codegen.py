@@ -153,5 +153,5 @@ def test_arm_int8_pose_with_conv_transpose_builds_and_matches_under_qemu(tmp_pat
         pytest.skip(reason or "aarch64-linux-gnu-g++ not installed")
     model, _ = run_pipeline(load(MODELS / "pose_s.onnx"), "fold-bn,quant", verify=False, seed=0)
     section = build_for_target(model.to_onnx(), "arm{cpu=cortex-a76}", tmp_path, verify_target=True)
-    assert section["int8"]["by_op"].get("conv2d_transpose_packed") == 1
+    assert section["int8"]["by_op"].get("conv2d_transpose_phases_packed") == 1
     assert section["verification"]["status"] == "passed", section["verification"]

@@ -186,3 +186,27 @@ def test_fixed_point_requant_matches_the_qdq_semantics_where_onnxruntime_drifts(
     assert errors["float"] > 1.0  # the drift of float32 requant (if this stops drifting, pick a new seed)
     if host_has_vnni():  # onnxruntime's VNNI kernels sum exactly: float requant is then the same arithmetic
         assert vs_fused["float"] == 0.0 and float(np.max(np.abs(fused - want)) / step) > 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_net_arm_library_matches_the_qdq_semantics_under_qemu(tmp_path, seed, cpu):
+    """The aarch64 families (a76: sdot, a72: smull / sadalp pair accumulators, both on packed layouts with the
+    32-bit requant) on the same random nets, run under qemu-aarch64, within one output step of the QDQ semantics."""
+    from compress_graph.targets import build_for_target
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    reason = qemu_available("aarch64")
+    if reason:
+        pytest.skip(reason)
+    path = quantize_qdq(_random_net(seed, tmp_path / "fp32.onnx"), tmp_path / "qdq.onnx")
+    model = onnx.load(str(path))
+    section = build_for_target(model, f"arm{{cpu={cpu},cores=1}}", tmp_path / "out")
+    assert section["int8"]["converted"] > 0 and not section["schedule"].get("int8_hand_failed")
+    feeds = random_input(model, seed)
+    got = run_qemu(Path(section["library"]), [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
+    want = ort_session(path).run(None, feeds)[0]
+    step = output_scales(model)[0]
+    assert np.max(np.abs(got - want)) <= step * 1.001, (
+        f"{cpu} seed {seed}: {np.max(np.abs(got - want)) / step:.1f} steps off the QDQ semantics")

@@ -190,7 +190,7 @@ def test_yolo_packed_silu_matches_onnxruntime(tmp_path):
 def test_pose_conv_transpose_runs_packed_and_matches(tmp_path):
     path = quantize_qdq(MODELS / "pose_s.onnx", tmp_path / "pose_s.onnx")
     mod, stats, target = _lowered(path)
-    assert stats["by_op"]["conv2d_transpose_packed"] == 1 and stats["float"] == 0
+    assert stats["by_op"]["conv2d_transpose_phases_packed"] == 1 and stats["float"] == 0
     _assert_within_one_step(path, mod, target, seed=6)
 
 
