@@ -30,10 +30,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def prepare(mod, target):
-    """Legalize and fuse: the form MetaSchedule tunes and its database keys on (workload hashes must match)."""
+    """Float rewrites (targets/float_rewrites.py), then legalize and fuse: the form MetaSchedule tunes and its
+    database keys on (workload hashes must match)."""
     import tvm
+    from compress_graph.targets.float_rewrites import rewrite_float_ops
     from tvm import relax
 
+    mod, _ = rewrite_float_ops(mod, target)
     with target:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
@@ -284,6 +287,12 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     sched_report: dict[str, Any] = {"kernels": len(kernels), "from_tuning_records": tuned}
     if hand["scheduled"] or hand["failed"]:
         sched_report.update(int8_hand_scheduled=len(hand["scheduled"]), int8_hand_failed=hand["failed"])
+    if module.DEVICE == "cpu" and options.get("schedule", "sample") != "none":
+        from compress_graph.targets.fp32_schedule import schedule_fp32_kernels
+
+        mod, fhand = schedule_fp32_kernels(mod, target)
+        if fhand["scheduled"] or fhand["failed"]:
+            sched_report.update(fp32_hand_scheduled=len(fhand["scheduled"]), fp32_hand_failed=fhand["failed"])
     if module.DEVICE == "cpu" and options.get("schedule", "sample") == "none":
         sched_report.update(default="none (unscheduled loop nests)")
     elif module.DEVICE == "cpu":

@@ -377,54 +377,36 @@ class QDQLowering(relax.PyExprMutator):
 
     def _conv_transpose_phases(self, x: relax.Expr, zp: int, w: np.ndarray, attrs, bias, q: QTensor, s_w,
                                ctx) -> tuple[str, relax.Expr] | None:
-        """A strided transposed conv as ``sh * sw`` ordinary convs on the undilated input, one per output phase
-        ``(oy % sh, ox % sw)``, each with the kernel taps that reach that phase, then interleaved. The dilated form
-        (:meth:`_conv_transpose`) multiplies every inserted zero: 3/4 of its MACs at stride 2. Each phase's zero
-        point correction sums its own taps; the 8-bit phase results are interleaved (packed where the convs are).
-        None (the caller keeps the dilated form) for dilation, groups, or a phase no tap reaches."""
+        """A strided transposed conv as one ordinary conv per output phase on the undilated input, interleaved
+        (targets/conv_transpose.py): no MAC on an inserted zero. Each phase's zero-point correction sums its own
+        taps; the 8-bit phase results are interleaved (packed where the convs are). None (the caller keeps the
+        dilated form) for dilation, groups, stride 1 or a phase no tap reaches."""
+        from compress_graph.targets import conv_transpose
+
         if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "IOHW" or int(attrs.groups) != 1:
             return None
-        sh, sw = (int(v) for v in attrs.strides)
-        if (sh, sw) == (1, 1) or any(int(v) != 1 for v in attrs.dilation):
+        if any(int(v) != 1 for v in attrs.dilation):
             return None
-        top, left, bottom, right = (int(v) for v in attrs.padding)
-        oph, opw = (int(v) for v in attrs.output_padding)
-        n, _, h, wd = shape_of(x)
-        kh, kw = w.shape[2:]
-        out_h = (h - 1) * sh - top - bottom + kh + oph
-        out_w = (wd - 1) * sw - left - right + kw + opw
-        w_conv = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # the equivalent conv's kernel
-        pad_h, pad_w = kh - 1 - top, kw - 1 - left  # its padding of the dilated input (top, left)
-
-        def taps(r: int, stride: int, k: int, pad: int, size: int, out: int):
-            """(kernel taps, input padding before, after) of output phase r along one axis."""
-            sel = [t for t in range(k) if (r + t - pad) % stride == 0]
-            if not sel:
-                return None
-            first = (r + sel[0] - pad) // stride  # input index of the first tap for the phase's output 0
-            count = len(range(r, out, stride))
-            last = count - 1 + first + len(sel) - 1  # input index of the last tap for its last output
-            return sel, -first, last - (size - 1)
-
-        phases = {}
-        for ry in range(sh):
-            for rx in range(sw):
-                ty, tx = taps(ry, sh, kh, pad_h, h, out_h), taps(rx, sw, kw, pad_w, wd, out_w)
-                if ty is None or tx is None:
-                    return None
-                w_r = np.ascontiguousarray(w_conv[:, :, ty[0]][:, :, :, tx[0]])
-                acc, block, offset = self._conv_raw(x, zp, w_r, [1, 1], [ty[1], tx[1], ty[2], tx[2]], [1, 1], 1)
-                w_sum = w_r.astype(np.int64).sum(axis=(1, 2, 3))
-                w_abs_sum = np.abs(w_r.astype(np.float64)).sum(axis=(1, 2, 3))
-                phases[ry, rx] = (self._emit(self._requant_linear(
-                    acc, block, offset, zp, w_sum, w_abs_sum, bias, q, s_w, ctx,
-                    channel_shape(4, 1, w_r.shape[0]))), block)
-        blocks = {b for _, b in phases.values()}
+        split = conv_transpose.phases(shape_of(x)[2:], w.shape[2:], [int(v) for v in attrs.strides],
+                                      [int(v) for v in attrs.padding], [int(v) for v in attrs.output_padding])
+        if split is None:
+            return None
+        (out_h, out_w), parts = split
+        w_conv = conv_transpose.equivalent_kernel(w)
+        results, blocks = [], set()
+        for part in parts:
+            w_r = part.kernel(w_conv)
+            acc, block, offset = self._conv_raw(x, zp, w_r, [1, 1], list(part.pad), [1, 1], 1)
+            w_sum = w_r.astype(np.int64).sum(axis=(1, 2, 3))
+            w_abs_sum = np.abs(w_r.astype(np.float64)).sum(axis=(1, 2, 3))
+            results.append(self._emit(self._requant_linear(acc, block, offset, zp, w_sum, w_abs_sum, bias, q, s_w,
+                                                           ctx, channel_shape(4, 1, w_r.shape[0]))))
+            blocks.add(block)
         if len(blocks) != 1:
             raise Refuse("conv2d_transpose phases in different layouts")
         block = blocks.pop()
-        ordered = [phases[ry, rx][0] for ry in range(sh) for rx in range(sw)]
-        out = self.builder_.emit_te(_interleave_phases, ordered, sh, sw, out_h, out_w,
+        sh, sw = (int(v) for v in attrs.strides)
+        out = self.builder_.emit_te(conv_transpose.interleave, results, sh, sw, out_h, out_w,
                                     primfunc_name_hint="interleave_phases")
         if block is None:
             return "conv2d_transpose_phases", out
@@ -719,22 +701,3 @@ def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, L
     out = relax.transform.DeadCodeElimination()(out)
     return out, lowering.stats
 
-
-def _interleave_phases(phases, sh: int, sw: int, out_h: int, out_w: int):
-    """Output ``(y, x)`` of a strided transposed conv from phase ``(y % sh, x % sw)`` at ``(y // sh, x // sw)``
-    (NCHW or packed NCHW[b]c phase results, all of one dtype)."""
-    from tvm import te, tirx
-
-    shape = list(phases[0].shape)
-    shape[2], shape[3] = out_h, out_w
-
-    def value(n, c, y, x, *rest):
-        out = None
-        for index in range(len(phases) - 1, -1, -1):
-            ry, rx = divmod(index, sw)
-            here = phases[index][(n, c, y // sh, x // sw, *rest)]
-            out = here if out is None else tirx.if_then_else(  # lazy: other phases may be a row shorter
-                tirx.all(y % sh == ry, x % sw == rx), here, out)
-        return out
-
-    return te.compute(shape, value, name="interleave_phases")

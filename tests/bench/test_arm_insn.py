@@ -15,13 +15,30 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "arm"
 
 
-@pytest.fixture(scope="module")
-def insn():
-    sys.path.insert(0, str(BENCH))
+def _load(name: str):
+    """bench/arm/<name>.py as a module of its own name (other benchmarks have a run.py too)."""
+    import importlib.util
+
+    if f"bench_arm_{name}" in sys.modules:
+        return sys.modules[f"bench_arm_{name}"]
+    sys.path.insert(0, str(BENCH))  # run.py imports insn
     try:
-        import insn as module
+        spec = importlib.util.spec_from_file_location(f"bench_arm_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCH))
+    return module
+
+
+def _bench():
+    return _load("run")
+
+
+@pytest.fixture(scope="module")
+def insn():
+    module = _load("insn")
     reason = module.missing()
     if reason:
         pytest.skip(reason)
@@ -95,12 +112,7 @@ def test_int8_sdot_library_beats_onnxruntime_on_cortex_a76(insn, tmp_path):
     """resnet_s through `fold-bn,quant` for arm{cpu=cortex-a76}: the packed sdot convs execute fewer instructions
     than onnxruntime's own int8 kernels (udot) on the same core, nearly every conv MAC goes through sdot, and the
     outputs agree. Measured 0.60x (bench/arm/README.md); asserted with some room."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import run as bench
-    finally:
-        sys.path.remove(str(BENCH))
-    row = bench.measure("resnet_s", "int8", "cortex-a76", tmp_path, runs=2)
+    row = _bench().measure("resnet_s", "int8", "cortex-a76", tmp_path, runs=2)
     assert row["ratio"] <= 0.75, row
     assert row["dot_mac_share"]["ours"] >= 0.8, row["dot_mac_share"]
     assert row["threads_started"] == {"ours": 0, "ort": 0}
@@ -113,12 +125,7 @@ def test_int8_sdot_library_beats_onnxruntime_on_cortex_a76(insn, tmp_path):
 def test_int8_neon_library_beats_onnxruntime_on_cortex_a72(insn, tmp_path):
     """The family for cores without the dot product (a53/a72): the same packed convs with smull / sadalp.
     Measured 0.85x onnxruntime's int8 instructions on resnet_s (bench/arm/README.md)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import run as bench
-    finally:
-        sys.path.remove(str(BENCH))
-    row = bench.measure("resnet_s", "int8", "cortex-a72", tmp_path, runs=2)
+    row = _bench().measure("resnet_s", "int8", "cortex-a72", tmp_path, runs=2)
     assert row["ratio"] <= 0.95, row
     widening = row["ours_top_ops"].get("smull.v", 0) + row["ours_top_ops"].get("sadalp.v", 0)
     assert widening >= 0.4 * row["ours_minsn"] * 1e6, row["ours_top_ops"]  # the convs' MACs run on NEON

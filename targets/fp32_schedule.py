@@ -1,0 +1,121 @@
+"""Hand-written schedules for float32 convolutions: vector FMAs without tuning, on every CPU target.
+
+What TVM gives a float conv without tuning is a plain loop nest (scalar ``fmadd`` on aarch64) or one random
+MetaSchedule sample (targets/schedule.py). The conv as the Relax legalizer emits it (block ``conv2d_nchw``, NCHW,
+OIHW weights, groups 1) gets the classic direct-conv register blocking instead:
+
+    for (n, oc_outer, oh)  parallel
+      for ow_outer                              # OW_T output pixels ...
+        acc[OC_T][OW_T] = 0                     # ... of OC_T output channels, in vector registers
+        for ic, kh, kw                          # reduction
+          for oc_inner (unrolled)
+            acc[oc_inner][:] += w[oc, ic, kh, kw] (broadcast) * x[ic, oh + kh, ow : ow + OW_T]   # vector FMA
+        epilogue (bias, residual add, Relu/Clip ...) on acc, vectorized over OW_T
+
+The width of a vector comes from the target (targets/isa.float_lanes: NEON 4, AVX2 8, AVX-512 16); OW_T is two
+vectors, OC_T 4 output channels: 8 accumulator vectors, the input row loaded once per (ic, kh, kw) for 4 output
+channels. The padded input is one loop nest before the conv (vectorized). Kernels this does not fit keep what the
+caller does next (tuning records win over it; the rest get the sampled default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
+
+CONV_BLOCK = "conv2d_nchw"
+PAD_BLOCK = "pad_temp"
+OC_T = 4  # output channels per register tile
+
+
+class NotAFloatConv(ValueError):
+    """The kernel has no float32 NCHW conv block."""
+
+
+def _tile(extent: int, most: int) -> int:
+    return max(d for d in range(1, min(most, extent) + 1) if extent % d == 0)
+
+
+def _width_tile(width: int, lanes: int) -> int:
+    """Output pixels per tile: whole vectors where the width allows (2 or 3 of them: 12 = 3 x 4 rather than 6,
+    whose 1.5 vectors cost element inserts), else the largest divisor up to 2 vectors."""
+    for vectors in (2, 3, 1):
+        if width % (vectors * lanes) == 0:
+            return vectors * lanes
+    return _tile(width, 2 * lanes)
+
+
+def schedule_conv_nchw(func, lanes: int):
+    """The scheduled PrimFunc of a fused float32 NCHW conv (+ elementwise epilogue); raises if it does not fit."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    try:
+        conv = sch.get_sblock(CONV_BLOCK)
+    except Exception as exc:  # noqa: BLE001 - tvm raises its generic error for a missing block
+        raise NotAFloatConv(CONV_BLOCK) from exc
+    if str(sch.get(conv).writes[0].source.dtype) != "float32":
+        raise NotAFloatConv("not float32")
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index(CONV_BLOCK)
+    if at > 1 or (at == 1 and names[0] != PAD_BLOCK):
+        raise ValueError("producers fused before the conv")
+    for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
+        sch.compute_inline(block)
+    epilogue = sch.get_child_blocks(root)[at + 1:]
+    nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+    ow_t = _width_tile(int(sch.get(xx).extent), lanes)
+    oc_t = _tile(int(sch.get(ff).extent), OC_T)
+    ff_o, ff_i = sch.split(ff, [None, oc_t])
+    xx_o, xx_i = sch.split(xx, [None, ow_t])
+    sch.reorder(nn, ff_o, yy, xx_o, rc, ry, rx, ff_i, xx_i)
+    outer = sch.fuse(nn, ff_o, yy)
+    sch.parallel(outer)
+    for block in epilogue:
+        sch.reverse_compute_at(block, xx_o)
+    sch.vectorize(xx_i)  # before the init is split off: the update block alone may not be vectorized
+    sch.unroll(ff_i)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for block in epilogue:
+        sch.vectorize(sch.get_loops(block)[-1])
+    if at == 1:  # the padded input: one vectorized pass
+        pad = sch.get_child_blocks(root)[0]
+        loops = sch.get_loops(pad)
+        sch.parallel(sch.fuse(*loops[:-2]))
+        sch.vectorize(loops[-1])
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
+    """Hand-schedule, in a new module, every not-yet-scheduled float32 conv kernel of the fused ``mod``.
+
+    Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for convs it did not fit.
+    """
+    from compress_graph.targets import isa
+
+    stats: dict[str, Any] = {"scheduled": [], "failed": {}}
+    lanes = isa.float_lanes(target)
+    if lanes is None:
+        return mod, stats
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
+            continue
+        try:
+            updates[gv] = schedule_conv_nchw(func, lanes)
+            stats["scheduled"].append(gv.name_hint)
+        except NotAFloatConv:
+            continue
+        except Exception as exc:  # noqa: BLE001 - the kernel keeps the caller's default schedule
+            stats["failed"][gv.name_hint] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+    if updates:
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+    stats["scheduled"].sort()
+    return mod, stats
