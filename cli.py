@@ -287,10 +287,12 @@ def _run(o: dict[str, Any]) -> None:
     for spec in o["plugins"] or ():
         load_plugin(spec)
     passes = parse_pipeline(o["pipeline"])  # usage errors before any work
+    prefs: dict[str, Any] = {}
     if o["target"]:
-        from compress_graph.targets import onnx_passes, require_tvm
+        from compress_graph.targets import onnx_passes, preferences, require_tvm
 
         require_tvm()
+        prefs = preferences(o["target"])
 
         # the ONNX-side passes the target wants (constant/shape folding...) run last, so they see the final graph
         have = {p.name for p in passes}
@@ -314,7 +316,7 @@ def _run(o: dict[str, Any]) -> None:
         result, report = run_pipeline(
             model, passes, calib=o["calib"], verify=o["verify"], seed=o["seed"], dump_ir=o["dump_ir"],
             reproducer_dir=out.parent / f"{out.name}.reproducer", progress_hook=_progress_hook(quiet),
-            pass_timeout=o["pass_timeout"],
+            pass_timeout=o["pass_timeout"], preferences=prefs,
         )
         io.save(result, tmp / "model.onnx")
         failure = _check_budget(report, o["min_cosine"], o["max_abs_error"])

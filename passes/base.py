@@ -47,6 +47,9 @@ class PassContext:
     original: Model | None = None  # the pipeline's input model, untouched
     warnings: list[str] = field(default_factory=list)
     progress_hook: Callable[[Iterable, str, int | None], Iterable] | None = None
+    # what the compile target prefers, for options the user left at their default: e.g. {"channel_block": 16},
+    # the channel count a pruned tensor should be a multiple of to fill the target's packed kernels
+    preferences: dict[str, Any] = field(default_factory=dict)
     _calib_cache: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, message: str) -> None:

@@ -123,10 +123,12 @@ def run_pipeline(
     progress_hook=None,
     pass_timeout: float | None = None,
     ctx: PassContext | None = None,
+    preferences: dict[str, Any] | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Run the passes in order with instruments around each; return the new model and the report dict.
 
-    The input model is not modified.
+    The input model is not modified. ``preferences``: what a compile target prefers for options left at their
+    default (``{"channel_block": 16}``: ``prune`` keeps channel counts a multiple of it).
     """
     from compress_graph.passes import instruments as inst
     from compress_graph.passes.report import cost_summary, versions
@@ -134,7 +136,8 @@ def run_pipeline(
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
     original = model
     current = model.copy()
-    ctx = ctx or PassContext(calib=calib, seed=seed, original=original, progress_hook=progress_hook)
+    ctx = ctx or PassContext(calib=calib, seed=seed, original=original, progress_hook=progress_hook,
+                             preferences=dict(preferences or {}))
     ctx.original = original
     active = list(instruments or [])
     active.insert(0, inst.Timing())

@@ -13,7 +13,7 @@ from compress_graph.targets.base import Option, TargetSpec, parse_target
 REGISTRY: dict[str, Any] = {m.NAME: m for m in (arm, armv7, jetson, opencl.MALI, opencl.ADRENO, host)}
 
 __all__ = ["REGISTRY", "Option", "TargetSpec", "build_for_target", "list_targets", "parse_target", "onnx_passes",
-           "require_tvm"]
+           "preferences", "require_tvm"]
 
 
 def require_tvm() -> None:
@@ -32,6 +32,14 @@ def list_targets() -> list[dict[str, Any]]:
     return [{"name": m.NAME, "description": m.DESCRIPTION, "onnx_passes": list(m.ONNX_PASSES),
              "options": {k: {"default": o.default, "help": o.help, "choices": list(o.choices)}
                          for k, o in m.OPTIONS.items()}} for m in REGISTRY.values()]
+
+
+def preferences(target_text: str) -> dict[str, Any]:
+    """What the target's kernels prefer of the compression passes (``channel_block``: pruned channel counts
+    should be a multiple of it; an unaligned count pads to the next block and saves nothing there)."""
+    module = parse_target(target_text, REGISTRY).module
+    block = getattr(module, "CHANNEL_BLOCK", None)
+    return {"channel_block": block} if block else {}
 
 
 def onnx_passes(target_text: str) -> list[str]:

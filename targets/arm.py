@@ -11,6 +11,7 @@ DESCRIPTION = "aarch64 Linux CPU with NEON (default Cortex-A72 class)"
 DEVICE = "cpu"
 ELF_MACHINE = "AArch64"
 ONNX_PASSES = ("fold-constants", "cleanup")
+CHANNEL_BLOCK = 16  # the packed int8 kernels' channel block (the float convs tile 4 output channels)
 TRIPLE = "aarch64-linux-gnu"
 COMPILER = "aarch64-linux-gnu-g++"
 # Cortex-A55/A76 are Armv8.2-A: int8 dot products (sdot) are available and used by int8 schedules.

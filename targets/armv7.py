@@ -11,6 +11,7 @@ DESCRIPTION = "32-bit Armv7-A Linux CPU, hard-float NEON (compile only on x86: n
 DEVICE = "cpu"
 ELF_MACHINE = "ARM"
 ONNX_PASSES = ("fold-constants", "cleanup")
+CHANNEL_BLOCK = 4  # the float convs tile 4 output channels (no packed int8 kernels for armv7)
 TRIPLE = "armv7l-linux-gnueabihf"
 COMPILER = "arm-linux-gnueabihf-g++"
 OPTIONS = {

@@ -12,6 +12,7 @@ DESCRIPTION = "this machine's CPU (LLVM picks the host CPU), for local checks an
 DEVICE = "cpu"
 ELF_MACHINE = ""  # whatever the host is
 ONNX_PASSES = ("fold-constants", "cleanup")
+CHANNEL_BLOCK = 16  # the packed int8 kernels' channel block (the float convs tile 4 output channels)
 OPTIONS = {
     "cores": Option(str(min(os.cpu_count() or 1, 8)), "threads (TVM num-cores)"),
     "schedule": Option("sample", "kernels without tuning records: one seeded MetaSchedule sample (sample) or "

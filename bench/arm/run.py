@@ -5,8 +5,10 @@ qemu-aarch64 (no board needed; counts are deterministic). See bench/arm/README.m
     python bench/arm/run.py --models resnet_s --cpus cortex-a76 --variants int8
 
 Variants: fp32 = `fold-bn` (onnxruntime runs the same BN-folded model); int8 = `fold-bn,quant` (the project's QDQ
-model; onnxruntime runs that QDQ model with its fused integer kernels). Our side is built the way
-`compress-graph MODEL --passes ... --target arm{cpu=CPU,cores=1}` builds it (no tuning).
+model; onnxruntime runs that QDQ model with its fused integer kernels); headline = `fold-bn,prune{macs=0.7},quant`
+with the target's channel block, as `--target arm` runs it, against onnxruntime fp32 on the *original* model (what
+a user compares with). Our side is built the way `compress-graph MODEL --passes ... --target arm{cpu=CPU,cores=1}`
+builds it (no tuning).
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ import insn  # noqa: E402
 
 MODELS = ["resnet_s", "mobilenetv2_s", "yolo_s", "pose_s", "face_s"]
 CPUS = ["cortex-a53", "cortex-a72", "cortex-a76"]
-PIPELINES = {"fp32": "fold-bn", "int8": "fold-bn,quant"}
+PIPELINES = {"fp32": "fold-bn", "int8": "fold-bn,quant", "headline": "fold-bn,prune{macs=0.7},quant"}
 
 
 def compressed(model_path: Path, variant: str, work: Path, seed: int = 0) -> Path:
     """The ONNX model of a variant (what both runtimes get), written once per model and variant."""
     from compress_graph import load, run_pipeline, save
+    from compress_graph.targets import preferences
 
     out = work / f"{model_path.stem}.{variant}.onnx"
     if not out.is_file():
         model, _ = run_pipeline(load(model_path), PIPELINES[variant] + ",fold-constants,cleanup", verify=False,
-                                seed=seed)
+                                seed=seed, preferences=preferences("arm"))
         save(model, out)
     return out
 
@@ -75,7 +78,8 @@ def measure(model: str, variant: str, cpu: str, work: Path, runs: int, seed: int
     lib, section = ours(path, cpu, work / f"{model}.{variant}.{cpu}")
     build_s = time.monotonic() - t0
     mine = insn.count_library(lib, list(feeds.values()), cpu, work / f"{model}.{variant}.{cpu}.run", runs=runs)
-    peer = insn.count_onnxruntime(path, feeds, cpu, work / f"{model}.{variant}.{cpu}.ort", runs=runs)
+    peer_model = src if variant == "headline" else path  # the headline compares with the uncompressed model
+    peer = insn.count_onnxruntime(peer_model, feeds, cpu, work / f"{model}.{variant}.{cpu}.ort", runs=runs)
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b.reshape(a.shape)))) if a.size else 0.0
                for a, b in zip(peer["outputs"], mine["outputs"]))
     row = {"model": model, "variant": variant, "cpu": cpu,
@@ -87,7 +91,7 @@ def measure(model: str, variant: str, cpu: str, work: Path, runs: int, seed: int
            "threads_started": {"ours": mine["threads_started"], "ort": peer["threads_started"]},
            "max_abs_diff_vs_ort": diff, "build_s": round(build_s, 1),
            "int8_hand_scheduled": section.get("schedule", {}).get("int8_hand_scheduled", 0)}
-    if variant == "int8":
+    if variant in ("int8", "headline"):
         macs = int8_conv_macs(path)
         row["int8_conv_macs"] = macs
         row["dot_mac_share"] = {"ours": round(insn.dot_macs(mine["ops"]) / macs, 3) if macs else 0.0,

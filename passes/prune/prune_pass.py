@@ -37,7 +37,8 @@ class Prune(Pass):
         criterion: str = option("auto", "channel importance (auto: output with calibration data, else l2)",
                                 choices=criteria.CRITERIA)
         min_channels: int = option(1, "never leave a tensor with fewer channels than this")
-        round_to: int = option(1, "keep channel counts a multiple of this (e.g. 8 or 16 for NEON/GPU kernels)")
+        round_to: int = option(1, "keep channel counts a multiple of this (e.g. 8 or 16 for NEON/GPU kernels); "
+                               "left at 1, a --target sets its kernels' channel block (16 for the CPU targets)")
         exclude: list[str] = option([], "node-name patterns (fnmatch, |-separated) whose channels are kept")
         reconstruct: bool = option(True, "least-squares refit of the consumers on calibration data (needs data)")
         refit: str = option("sequential", "reconstruction inputs: local (original activations, one pass) or sequential "
@@ -55,6 +56,9 @@ class Prune(Pass):
             raise UsageError(f"pass 'prune': ratio must be in [0, 1); got {o.ratio}")
         if o.round_to < 1 or o.min_channels < 0 or o.samples < 1:
             raise UsageError("pass 'prune': round_to and samples must be >= 1, min_channels >= 0")
+        round_to = o.round_to
+        if "round_to" not in dict(self.given):  # the target's packed kernels fill whole channel blocks
+            round_to = int(ctx.preferences.get("channel_block", round_to))
         t0 = time.perf_counter()
         fold_constants(model)  # weights in Constant nodes, constant-only shape chains (Paddle exports)
         model = refresh_shapes(model, {})
@@ -75,12 +79,14 @@ class Prune(Pass):
         orders = {g.gid: allocate.removal_order(g, scores[g.gid], an, o.min_channels) for g in groups}
         before = model_cost(model)
         stats: dict = {"criterion": crit, "groups": len(groups),
-                       "units": sum(len(g.units) for g in groups)}
+                       "units": sum(len(g.units) for g in groups), "round_to": round_to}
+        if round_to != o.round_to:
+            stats["round_to_from"] = "target channel block"
         if o.macs is not None:
-            pruned, removed, alloc = self._by_macs(model, an, groups, orders, data, ctx, before.macs)
+            pruned, removed, alloc = self._by_macs(model, an, groups, orders, data, ctx, before.macs, round_to)
             stats.update(alloc)
         else:
-            removed = allocate.by_ratio(groups, orders, an, o.ratio, o.round_to)
+            removed = allocate.by_ratio(groups, orders, an, o.ratio, round_to)
             pruned = apply_plan(model, an, removed)
         if original is not None and removed:
             from compress_graph.passes.prune.reconstruct import reconstruct
@@ -107,7 +113,7 @@ class Prune(Pass):
                      + ", ".join(f"{k} x{v}" for k, v in sorted(an.unhandled.items())))
         return PassResult(pruned, bool(removed), stats)
 
-    def _by_macs(self, model, an, groups, orders, data, ctx, total_macs):
+    def _by_macs(self, model, an, groups, orders, data, ctx, total_macs, round_to: int):
         """Allocate by sensitivity; re-run the greedy with a larger need until the real MAC count meets the target."""
         from compress_graph.passes.data import CalibData
 
@@ -122,7 +128,7 @@ class Prune(Pass):
         need = total_macs - target
         pruned, removed, macs = model, [], total_macs
         for attempt in range(8):
-            removed = allocate.by_macs(groups, orders, savings, curves, need, an, o.round_to)
+            removed = allocate.by_macs(groups, orders, savings, curves, need, an, round_to)
             pruned = apply_plan(model.copy(), an, removed)
             macs = model_cost(pruned).macs
             if macs <= target or attempt == 7:

@@ -67,8 +67,13 @@ class PackedConvEmitter:
         if dtype_of(x) != "uint8":
             return None
         if groups != 1:
-            if groups == n_out and n_in == 1 and n_out % OC_BLOCK == 0:  # depthwise, channel multiplier 1
-                xp = self._packed_input(bb, x, x_packed, OC_BLOCK, 0)
+            if groups == n_out and n_in == 1:  # depthwise, channel multiplier 1
+                # channels past a whole block (24 -> 32, e.g. after pruning) get zero weights; the input's extra
+                # channels are its producer's padding channels or zeros packed in
+                extra = (-n_out) % OC_BLOCK
+                if extra:
+                    w = np.concatenate([w, np.zeros((extra,) + w.shape[1:], w.dtype)])
+                xp = self._packed_input(bb, x, x_packed, OC_BLOCK, extra)
                 kernel = relax.const(pack_depthwise_kernel(w), "int8")
                 acc = bb.emit_te(depthwise_conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation),
                                  zp)

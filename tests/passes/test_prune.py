@@ -166,3 +166,29 @@ def test_pruned_model_imports_into_tvm():
     out, _ = run_pipeline(model, "fold-bn,prune{macs=0.7}", verify=False)
     mod = relax_onnx.from_onnx(out.to_onnx(), keep_params_in_input=False)
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
+
+
+def test_target_channel_block_rounds_pruned_counts_unless_round_to_is_given():
+    """With --target, prune keeps channel counts a multiple of the target's channel block (an unaligned count pads
+    to the next block in the packed int8 kernels and saves nothing there); an explicit round_to wins."""
+    from compress_graph import load, run_pipeline
+    from compress_graph.targets import preferences
+
+    model = load(MODELS / "mobilenetv2_s.onnx")
+    prefs = preferences("arm")
+    assert prefs == {"channel_block": 16}
+
+    def pruned_counts(pipeline, **kw):
+        out, report = run_pipeline(model, pipeline, verify=False, **kw)
+        stats = report["passes"][-1]["stats"]
+        before = {n.name: n.inputs[1].shape[0] for n in model.graph.nodes if n.op == "Conv"}
+        after = {n.name: n.inputs[1].shape[0] for n in out.graph.nodes if n.op == "Conv"}
+        return stats, {k: v for k, v in after.items() if v != before[k]}
+
+    stats, changed = pruned_counts("prune{ratio=0.4}", preferences=prefs)
+    assert stats["round_to"] == 16 and stats["round_to_from"] == "target channel block"
+    assert changed and all(v % 16 == 0 for v in changed.values()), changed
+    stats, changed = pruned_counts("prune{ratio=0.4}")
+    assert stats["round_to"] == 1 and any(v % 16 for v in changed.values()), changed  # the probe: unaligned
+    stats, _ = pruned_counts("prune{ratio=0.4,round_to=1}", preferences=prefs)
+    assert stats["round_to"] == 1 and "round_to_from" not in stats
