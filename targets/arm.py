@@ -14,7 +14,8 @@ ONNX_PASSES = ("fold-constants", "cleanup")
 CHANNEL_BLOCK = 16  # the packed int8 kernels' channel block (the float convs tile 4 output channels)
 TRIPLE = "aarch64-linux-gnu"
 COMPILER = "aarch64-linux-gnu-g++"
-# Cortex-A55/A76 are Armv8.2-A: int8 dot products (sdot) are available and used by int8 schedules.
+# Cortex-A55/A76 are Armv8.2-A: the int8 convs run on sdot (targets/isa/arm_sdot.py); a53/a72 on smull/sadalp
+# (arm_neon.py). Executed instruction mixes: bench/arm/README.md.
 _MATTR = {
     "cortex-a53": ["+neon"],
     "cortex-a72": ["+neon"],

@@ -29,7 +29,6 @@ PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # adds the partial sums of a PAIRS fami
 # feature detection lives with the ISA families; re-exported for existing callers
 from compress_graph.targets.isa.arm_sdot import is_aarch64  # noqa: E402,F401
 from compress_graph.targets.isa.x86_vnni import has_vnni, host_has_vnni  # noqa: E402,F401
-from compress_graph.targets.isa.x86_vnni import register_intrinsic as register_vnni_intrinsic  # noqa: E402,F401
 
 
 def pack_kernel(w: np.ndarray, ic_bn: int) -> np.ndarray:
