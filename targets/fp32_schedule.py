@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import tvm
-from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
+from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 
 CONV_BLOCK = "conv2d_nchw"
 PAD_BLOCK = "pad_temp"
@@ -98,24 +98,7 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     """
     from compress_graph.targets import isa
 
-    stats: dict[str, Any] = {"scheduled": [], "failed": {}}
     lanes = isa.float_lanes(target)
     if lanes is None:
-        return mod, stats
-    updates = {}
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
-            continue
-        try:
-            updates[gv] = schedule_conv_nchw(func, lanes)
-            stats["scheduled"].append(gv.name_hint)
-        except NotAFloatConv:
-            continue
-        except Exception as exc:  # noqa: BLE001 - the kernel keeps the caller's default schedule
-            stats["failed"][gv.name_hint] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-    if updates:
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod[gv] = func
-    stats["scheduled"].sort()
-    return mod, stats
+        return mod, {"scheduled": [], "failed": {}}
+    return hand_schedule(mod, (lambda f: schedule_conv_nchw(f, lanes),), NotAFloatConv)

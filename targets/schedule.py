@@ -86,6 +86,37 @@ def sample_default_schedules(mod, target, *, seed: int = SEED, progress=None) ->
     return stats
 
 
+def hand_schedule(mod, schedules, not_this_kind: type[Exception]) -> tuple[Any, dict[str, Any]]:
+    """Apply, in a new module, the first of ``schedules`` (PrimFunc -> scheduled PrimFunc) that fits each
+    not-yet-scheduled kernel of ``mod``; a schedule raises ``not_this_kind`` for a kernel it is not for.
+
+    Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for kernels of the right kind
+    that a schedule could not take (they keep what the caller does next).
+    """
+    import tvm
+
+    stats: dict[str, Any] = {"scheduled": [], "failed": {}}
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
+            continue
+        for fn in schedules:
+            try:
+                updates[gv] = fn(func)
+                stats["scheduled"].append(gv.name_hint)
+            except not_this_kind:
+                continue
+            except Exception as exc:  # noqa: BLE001 - the kernel keeps the caller's default schedule
+                stats["failed"][gv.name_hint] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            break
+    if updates:
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+    stats["scheduled"].sort()
+    return mod, stats
+
+
 def unbuildable_kernels(mod, target) -> list:
     """The scheduled kernels of ``mod`` that TVM fails to compile on their own (global vars)."""
     import tvm

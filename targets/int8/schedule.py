@@ -1,16 +1,17 @@
 """Hand-written schedules for the packed int8 kernels: usable speed without any tuning.
 
-The packed VNNI conv (``topi.nn.conv2d_NCHWc_int8``, the block ``conv2d_NCHWc_int8``) left to LLVM as a plain
-loop nest runs at ~5 GMAC/s, and MetaSchedule's VNNI design space for the small convs of edge models holds few
-distinct programs and rarely beats that (bench/int8/README.md). The schedule here is the classic direct-conv
-register blocking for a 16-lane dot-product instruction:
+The packed conv (``topi.nn.conv2d_NCHWc_int8``, the block ``conv2d_NCHWc_int8``) left to LLVM as a plain loop
+nest runs at ~5 GMAC/s on x86 VNNI, and MetaSchedule's VNNI design space for the small convs of edge models
+holds few distinct programs and rarely beats that (bench/int8/README.md). The schedule here is the classic
+direct-conv register blocking for a 16-channel dot-product step, whose instruction comes from the target's ISA
+family (targets/isa: ``vpdpbusd``, 4 ``sdot``, or ``smull`` / ``sadalp`` into pair accumulators):
 
     for (n, oc_chunk, oh)  parallel            # one output row of one 16-channel block per iteration
       for ow_outer                              # REG_N output pixels at a time
         acc[REG_N][16] = 0                      # int32, kept in vector registers
         for ic_outer, kh, kw, ic_f_inner        # reduction
           for ow_inner in 0..REG_N (unrolled)
-            acc[ow_inner] += vpdpbusd(data[4 x u8] broadcast, kernel[16 x 4 i8])
+            acc[ow_inner] += dot16x4(data[4 x u8] broadcast, kernel[16 x 4 i8])   # the ISA's intrinsic
         epilogue (bias, requant, clip, residual add ...) on acc, vectorized over the 16 channels
 
 Every elementwise block the fuser put after the conv is inlined into one epilogue computed per output tile
@@ -24,14 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 import tvm
-from compress_graph.targets.schedule import SCHEDULED_ATTR, is_scheduled
+from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 
 CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
 PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
-VNNI_INTRIN = "dot_16x4_vnni"
-REG_N = 8  # output pixels per register tile: 8 int32x16 accumulators (4, 8, 16 measured alike on resnet_s)
+VNNI_INTRIN = "dot_16x4_vnni"  # targets/isa/x86_vnni.INTRIN
+REG_N = 8  # x86 VNNI's register tile (targets/isa/x86_vnni.REG_N)
 
 
 class NotAPackedConv(ValueError):
@@ -54,12 +55,13 @@ def _open(func, block_name: str):
     at = 1 if pad is not None else 0
     if sch.get(blocks[at]).name_hint != block_name:
         raise ValueError("producers fused before the conv")
-    if len(blocks) > at + 1 and sch.get(blocks[at + 1]).name_hint == PAIRS_BLOCK:
-        at += 1  # the partial-sum reduction stays a block of its own (a reduction cannot be inlined)
-    for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
+    # a PAIRS family's partial-sum reduction stays a block of its own (a reduction cannot be inlined): it is the
+    # first block of the returned epilogue
+    first = at + 1
+    keep = first + 1 if len(blocks) > first and sch.get(blocks[first]).name_hint == PAIRS_BLOCK else first
+    for block in blocks[keep:-1]:  # the (rest of the) epilogue chain collapses into its last block
         sch.compute_inline(block)
-    return sch, main, pad, sch.get_child_blocks(root)[at:] if at > (pad is not None) else \
-        sch.get_child_blocks(root)[at + 1:]
+    return sch, main, pad, sch.get_child_blocks(root)[first:]
 
 
 def _pad_rows(sch, pad, outer) -> None:
@@ -140,30 +142,11 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     """
     from compress_graph.targets import isa
 
-    stats: dict[str, Any] = {"scheduled": [], "failed": {}}
     family = isa.int8_dot(target)
     if family is None:
-        return mod, stats
-    stats["isa"] = family.NAME
+        return mod, {"scheduled": [], "failed": {}}
     family.register_intrinsic()
-    schedules = (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N),
-                 lambda f: schedule_depthwise(f, family.REG_N))
-    updates = {}
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
-            continue
-        for fn in schedules:
-            try:
-                updates[gv] = fn(func)
-                stats["scheduled"].append(gv.name_hint)
-            except NotAPackedConv:
-                continue
-            except Exception as exc:  # noqa: BLE001 - the kernel keeps the caller's default schedule
-                stats["failed"][gv.name_hint] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-            break
-    if updates:
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod[gv] = func
-    stats["scheduled"].sort()
+    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N),
+                                     lambda f: schedule_depthwise(f, family.REG_N)), NotAPackedConv)
+    stats["isa"] = family.NAME
     return mod, stats

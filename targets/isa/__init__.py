@@ -29,19 +29,14 @@ def int8_dot(target) -> ModuleType | None:
 def float_lanes(target) -> int | None:
     """float32 lanes of the target's vector registers (aarch64 NEON 4, x86 AVX-512 16 / AVX2 8 / SSE 4); None
     for targets that are not CPUs TVM compiles with LLVM."""
-    from compress_graph.targets.isa import arm_sdot, x86_vnni
+    from compress_graph.targets.isa import features
 
     if str(target.kind.name) != "llvm":
         return None
-    if arm_sdot.is_aarch64(target):
-        return 4
-    triple = str(arm_sdot._attr(target, "mtriple") or "")
-    if triple and not triple.startswith(("x86_64", "i686", "i386")):
-        return 4  # armv7 NEON and others: 128-bit vectors
-    mcpu = str(arm_sdot._attr(target, "mcpu") or "")
-    mattr = [str(a) for a in (arm_sdot._attr(target, "mattr") or [])]
-    if "+avx512f" in mattr or (mcpu and x86_vnni.cpu_has_feature(mcpu, "avx512f")):
+    if not features.arch_is(target, features.X86, default=True):
+        return 4  # aarch64 / armv7 NEON and others: 128-bit vectors
+    if features.has(target, "avx512f"):
         return 16
-    if "+avx2" in mattr or (mcpu and x86_vnni.cpu_has_feature(mcpu, "avx2")):
+    if features.has(target, "avx2"):
         return 8
     return 4

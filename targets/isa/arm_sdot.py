@@ -13,6 +13,7 @@ import functools
 
 import numpy as np
 import tvm
+from compress_graph.targets.isa import features
 
 NAME = "arm-sdot"
 INPUT_OFFSET = 128  # sdot multiplies int8 x int8: the uint8 activation enters as x - 128
@@ -20,27 +21,13 @@ INTRIN = "compress_graph_dot_16x4_u8off_s8_sdot"
 REG_N = 2  # output pixels per register tile: 2 x 4 q accumulators; 4 and 6 executed 3-5 % more (spills)
 
 
-def _attr(target: tvm.target.Target, key: str):
-    return target.attrs.get(key) if hasattr(target.attrs, "get") else None
-
-
 def is_aarch64(target: tvm.target.Target) -> bool:
-    return str(target.kind.name) == "llvm" and str(_attr(target, "mtriple") or "").startswith(("aarch64", "arm64"))
+    return features.arch_is(target, features.AARCH64, default=False)
 
 
 def matches(target: tvm.target.Target) -> bool:
     """aarch64 with ``+dotprod`` in mattr or an mcpu LLVM knows to have it."""
-    if not is_aarch64(target):
-        return False
-    mattr = [str(a) for a in (_attr(target, "mattr") or [])]
-    if "+dotprod" in mattr:
-        return True
-    if "-dotprod" in mattr:
-        return False
-    from compress_graph.targets.isa.x86_vnni import cpu_has_feature
-
-    mcpu = str(_attr(target, "mcpu") or "")
-    return bool(mcpu) and cpu_has_feature(mcpu, "dotprod", "aarch64-linux-gnu")
+    return is_aarch64(target) and bool(features.has(target, "dotprod"))
 
 
 @functools.cache

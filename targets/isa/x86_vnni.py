@@ -5,21 +5,12 @@ from __future__ import annotations
 import functools
 
 import tvm
+from compress_graph.targets.isa import features
 
 NAME = "x86-vnni"
 INPUT_OFFSET = 0  # u8 x s8 natively
 INTRIN = "dot_16x4_vnni"  # TVM's name: MetaSchedule's VNNI rule finds the fixed intrinsic under it too
 REG_N = 8  # output pixels per register tile: 8 zmm accumulators (4, 8, 16 measured alike on resnet_s)
-
-_VNNI_CPUS = {
-    "znver4", "znver5", "cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake",
-    "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "rocketlake", "diamondrapids",
-}
-
-
-def _attr(target: tvm.target.Target, key: str):
-    return target.attrs.get(key) if hasattr(target.attrs, "get") else None
-
 
 def matches(target: tvm.target.Target) -> bool:
     return has_vnni(target)
@@ -27,33 +18,8 @@ def matches(target: tvm.target.Target) -> bool:
 
 def has_vnni(target: tvm.target.Target) -> bool:
     """AVX-512 VNNI: ``+avx512vnni`` in mattr, an mcpu LLVM knows to have it, or mcpu=native on a CPU that has it."""
-    if str(target.kind.name) != "llvm":
-        return False
-    triple = str(_attr(target, "mtriple") or "")
-    if triple and not triple.startswith(("x86_64", "i686", "i386")):
-        return False
-    mattr = [str(a) for a in (_attr(target, "mattr") or [])]
-    if "+avx512vnni" in mattr:
-        return True
-    if "-avx512vnni" in mattr:
-        return False
-    mcpu = str(_attr(target, "mcpu") or "")
-    if mcpu == "native":
-        return host_has_vnni()
-    return bool(mcpu) and cpu_has_feature(mcpu, "avx512vnni")
-
-
-@functools.cache
-def cpu_has_feature(mcpu: str, feature: str, triple: str = "") -> bool:
-    """Whether LLVM's model of CPU ``mcpu`` has ``feature`` (e.g. avx512vnni, dotprod); a fixed list where LLVM
-    cannot say."""
-    try:
-        from tvm.target import codegen
-
-        spec = {"kind": "llvm", "mcpu": mcpu, **({"mtriple": triple} if triple else {})}
-        return bool(codegen.llvm_cpu_has_features([feature], tvm.target.Target(spec)))
-    except Exception:  # noqa: BLE001 - an LLVM without the query
-        return feature == "avx512vnni" and mcpu in _VNNI_CPUS
+    return features.arch_is(target, features.X86, default=True) and bool(
+        features.has(target, "avx512vnni", native=host_has_vnni))
 
 
 @functools.cache
@@ -67,7 +33,7 @@ def host_has_vnni() -> bool:
         cpu = str(codegen.llvm_get_system_cpu())
     except Exception:  # noqa: BLE001
         cpu = ""
-    if cpu and cpu != "generic" and not cpu_has_feature(cpu, "avx512vnni"):
+    if cpu and cpu != "generic" and not features.cpu_has_feature(cpu, "avx512vnni"):
         return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
