@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from compress_graph.ir.errors import CompressGraphError, TimeoutExceeded, UsageError, VerificationError
+from compress_graph.ir.errors import CompressGraphError, TargetError, TimeoutExceeded, UsageError, VerificationError
 
 OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "reproducer", "ir"}
 
@@ -78,13 +78,18 @@ def _verify_cell(record: dict) -> str:
 
 
 def format_table(report: dict) -> str:
-    rows = [("pass", "time", "params", "MACs", "bytes", "verify")]
+    acc = report.get("accuracy")
+    rows = [("pass", "time", "params", "MACs", "bytes", "verify") + ((acc["metric"],) if acc else ())]
     b = report["before"]
-    rows.append(("(input)", "", _fmt_int(b["params"]), _fmt_int(b["macs"]), _fmt_int(b["bytes"]), ""))
+    rows.append(("(input)", "", _fmt_int(b["params"]), _fmt_int(b["macs"]), _fmt_int(b["bytes"]), "")
+                + ((f"{acc['original']:.4g}",) if acc else ()))
     for rec in report["passes"]:
         a = rec.get("after", {})
-        rows.append((rec["text"], f"{rec.get('time_s', 0):.2f}s", _fmt_int(a.get("params")), _fmt_int(a.get("macs")),
-                     _fmt_int(a.get("bytes")), _verify_cell(rec)))
+        text = rec.get("accuracy_control", {}).get("applied", rec["text"])
+        m = rec.get("metric")
+        rows.append((text, f"{rec.get('time_s', 0):.2f}s", _fmt_int(a.get("params")), _fmt_int(a.get("macs")),
+                     _fmt_int(a.get("bytes")), _verify_cell(rec))
+                    + ((f"{m['score']:.4g} ({-m['drop']:+.3g})" if m else "",) if acc else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -203,6 +208,15 @@ def cli() -> None:
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--target", help="Compile for a target: arm, armv7, jetson, mali, adreno, host (options: arm{cpu=...}).")
 @click.option("--calib", type=click.Path(), help="Calibration/sample data: .npz keyed by input name, or a .npy folder.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Shape a dynamic input is analysed and compiled at, e.g. x=1,3,224,224 (repeatable; default: the "
+                   "--calib data's, batch 1 for a dynamic batch). The written model keeps its dynamic dims.")
+@click.option("--metric", help="Task metric scored on --eval data: top1, top5, file.py:fn, module:fn or an entry point "
+              "of compress_graph.metrics; fn(outputs, labels) -> score, higher is better.")
+@click.option("--eval", "eval_data", type=click.Path(), help="Labeled evaluation data for --metric: an .npz with the "
+              "model's inputs by name and the label arrays under other keys (keep it apart from --calib).")
+@click.option("--max-drop", type=float, help="Largest allowed drop of --metric (its units; built-ins are percent): "
+              "passes back off (prune/lowrank cut less, quant keeps layers float) until it holds; exit 4 if not.")
 @click.option("--plugin", "plugins", multiple=True, help="Load passes from path/to/file.py or module:Class.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with these options.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -221,7 +235,8 @@ def cli() -> None:
 @click.option("--pass-timeout", type=float, help="Give up (exit 6) when one pass runs longer than this.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or table on stderr.")
 @click.pass_context
-def run_cmd(ctx, model, pipeline, output, target, calib, plugins, config_file, verify, min_cosine, max_abs_error,
+def run_cmd(ctx, model, pipeline, output, target, calib, input_shapes, metric, eval_data, max_drop, plugins,
+            config_file, verify, min_cosine, max_abs_error,
             dump_ir, seed, tune_trials, tuning_db, rpc, verify_target, time_budget, int8, timeout, pass_timeout,
             quiet):
     """Compress MODEL with a pipeline of passes (and compile it with --target); write OUTPUT/model.onnx,
@@ -287,6 +302,7 @@ def _run(o: dict[str, Any]) -> None:
     for spec in o["plugins"] or ():
         load_plugin(spec)
     passes = parse_pipeline(o["pipeline"])  # usage errors before any work
+    _check_accuracy_options(o)
     prefs: dict[str, Any] = {}
     if o["target"]:
         from compress_graph.targets import onnx_passes, preferences, require_tvm
@@ -299,6 +315,8 @@ def _run(o: dict[str, Any]) -> None:
         passes += parse_pipeline(",".join(n for n in onnx_passes(o["target"]) if n not in have))
     _echo(f"loading {o['model']}", quiet)
     model = io.load(o["model"])
+    given_shapes = _input_shapes(model, o.get("input_shapes"))
+    accuracy = _accuracy(model, o, quiet)
     out = Path(o["output"])
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
@@ -316,14 +334,21 @@ def _run(o: dict[str, Any]) -> None:
         result, report = run_pipeline(
             model, passes, calib=o["calib"], verify=o["verify"], seed=o["seed"], dump_ir=o["dump_ir"],
             reproducer_dir=out.parent / f"{out.name}.reproducer", progress_hook=_progress_hook(quiet),
-            pass_timeout=o["pass_timeout"], preferences=prefs,
+            pass_timeout=o["pass_timeout"], preferences=prefs, input_shapes=given_shapes,
+            shapes_needed_by=f"--target {o['target']}" if o["target"] else None, accuracy=accuracy,
         )
         io.save(result, tmp / "model.onnx")
-        failure = _check_budget(report, o["min_cosine"], o["max_abs_error"])
+        failure = _check_budget(report, o["min_cosine"], o["max_abs_error"]) or _check_max_drop(report)
         report["status"] = "budget_exceeded" if failure else "ok"
         if o["target"]:
-            with _native_stderr_silenced(quiet):  # TVM's C++ warnings write to fd 2 directly
-                report["target"] = _build_target(result, o, tmp, quiet)
+            try:
+                with _native_stderr_silenced(quiet):  # TVM's C++ warnings write to fd 2 directly
+                    report["target"] = _build_target(result, o, tmp, quiet, report.get("input_shapes"))
+            except TargetError as exc:
+                if exc.details:
+                    where = _save_target_failure(result, o, out.parent / f"{out.name}.reproducer", exc)
+                    raise TargetError(f"{exc} (details: {where})") from None
+                raise
             check = report["target"].get("verification", {})
             if check.get("status") == "failed" and not failure:
                 failure = _mismatch_line(o["target"], check, out / "report.json")
@@ -405,7 +430,65 @@ def _check_budget(report: dict, min_cosine: float | None, max_abs: float | None)
     return None
 
 
-def _build_target(model, o: dict[str, Any], out_tmp: Path, quiet: bool) -> dict:
+def _save_target_failure(model, o: dict[str, Any], folder: Path, exc) -> Path:
+    """A target that failed with a long compiler log: the log, the model handed to the target and how to replay,
+    in the reproducer folder beside the output (the output folder itself is not written)."""
+    from compress_graph.ir import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    io.save(model, folder / "input.onnx")
+    (folder / "target.log").write_text(exc.details)
+    shapes = " ".join(f"--input-shape {s}" for s in o.get("input_shapes") or ())
+    info = {"target": o["target"], "error": str(exc), "log": str(folder / "target.log"),
+            "replay": f"compress-graph {folder / 'input.onnx'} --passes '' --target '{o['target']}' "
+                      f"{shapes + ' ' if shapes else ''}-o OUT"}
+    (folder / "reproducer.json").write_text(json.dumps(info, indent=2) + "\n")
+    return folder / "target.log"
+
+
+def _check_accuracy_options(o: dict[str, Any]) -> None:
+    if o.get("max_drop") is not None and not o.get("metric"):
+        raise UsageError("--max-drop needs --metric (and --eval data to score it on)")
+    if o.get("max_drop") is not None and o["max_drop"] < 0:
+        raise UsageError(f"--max-drop must be >= 0; got {o['max_drop']}")
+    if o.get("metric") and not o.get("eval_data"):
+        raise UsageError("--metric needs --eval: labeled evaluation data (.npz: the model's inputs and labels)")
+    if o.get("eval_data") and not o.get("metric"):
+        raise UsageError("--eval needs --metric (top1, top5, file.py:fn, module:fn)")
+
+
+def _accuracy(model, o: dict[str, Any], quiet: bool):
+    """The --metric / --max-drop budget, scored once on the original model (None without --metric)."""
+    if not o.get("metric"):
+        return None
+    from compress_graph.passes.metric import AccuracyBudget, Evaluator, load_metric
+
+    evaluator = Evaluator(load_metric(o["metric"]), o["eval_data"], model)
+    budget = AccuracyBudget(evaluator, model, o.get("max_drop"))
+    _echo(f"{budget.name} of the original model on {evaluator.data.count} evaluation samples: {budget.baseline:.4g}",
+          quiet)
+    return budget
+
+
+def _input_shapes(model, texts) -> dict[str, list[int]]:
+    from compress_graph.ir.shapes import parse_input_shapes
+    from compress_graph.passes.data import input_specs
+
+    try:
+        return parse_input_shapes(list(texts or ()), [n for n, _, _ in input_specs(model)])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_max_drop(report: dict) -> str | None:
+    acc = report.get("accuracy")
+    if not acc or acc.get("met", True):
+        return None
+    return (f"{acc['metric']} dropped {acc['drop']:.4g} (from {acc['original']:.4g} to {acc['compressed']:.4g}), over "
+            f"--max-drop {acc['max_drop']:g}")
+
+
+def _build_target(model, o: dict[str, Any], out_tmp: Path, quiet: bool, shapes: dict | None = None) -> dict:
     from compress_graph.passes.data import CalibData
     from compress_graph.targets import build_for_target
 
@@ -421,6 +504,7 @@ def _build_target(model, o: dict[str, Any], out_tmp: Path, quiet: bool) -> dict:
         model.to_onnx(), o["target"], out_tmp, tune_trials=o["tune_trials"],
         tuning_db=Path(o["tuning_db"]) if o["tuning_db"] else None, rpc=o["rpc"],
         verify_target=o["verify_target"], sample_inputs=samples, time_budget_s=o["time_budget"],
+        input_shapes=shapes or None,
         progress=None if quiet else (lambda s: _echo("  " + s)), **extra,
     )
 
@@ -449,26 +533,40 @@ def passes_cmd(plugins, as_json):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--top", type=int, default=10, show_default=True, help="Show the N nodes with the most MACs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_cmd(model, top, as_json):
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Count MACs with a dynamic input at this shape, e.g. x=1,3,224,224 (repeatable; default: batch 1 "
+                   "for a dynamic batch).")
+def inspect_cmd(model, top, as_json, input_shapes):
     """Print params, MACs and bytes of MODEL."""
     from collections import Counter
 
     from compress_graph.ir import io
     from compress_graph.ir.cost import model_cost
+    from compress_graph.passes.data import resolve_input_shapes
 
     m = io.load(model)
-    cost = model_cost(m)
+    shapes = resolve_input_shapes(m, _input_shapes(m, input_shapes))
+    cost = model_cost(m, shapes.shapes if shapes.dynamic else None)
     ops = Counter(n.op for n in m.graph.nodes)
-    heavy = sorted(cost.per_node, key=lambda c: -c.macs)[:top]
+    heavy = sorted((c for c in cost.per_node if c.macs > 0), key=lambda c: -c.macs)[:top]
+    note = shapes.missing_message("MACs not counted") if shapes.unresolved else None
     if as_json:
         click.echo(json.dumps({"summary": cost.summary(), "ops": dict(sorted(ops.items())),
-                               "top": [vars(c) for c in heavy]}, indent=2))
+                               "top": [vars(c) for c in heavy],
+                               **({"input_shapes": shapes.report()} if shapes.dynamic else {}),
+                               **({"note": note} if note else {})}, indent=2))
         return
     s = cost.summary()
     click.echo(f"{model}: opset {m.opset}, {len(m.graph.nodes)} nodes")
-    click.echo(f"  params {_fmt_int(s['params'])}  MACs {_fmt_int(s['macs'])}  bytes {_fmt_int(s['bytes'])}")
+    at = ""
+    if shapes.dynamic and not shapes.unresolved:
+        at = "  (at " + ", ".join(f"{k}={','.join(map(str, v['shape']))}" for k, v in shapes.report().items()) + ")"
+    click.echo(f"  params {_fmt_int(s['params'])}  MACs {_fmt_int(s['macs'])}  bytes {_fmt_int(s['bytes'])}{at}")
+    if note:
+        click.echo(f"  {note}")
     click.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
-    click.echo(f"  top {len(heavy)} by MACs:")
+    if heavy:
+        click.echo(f"  top {len(heavy)} by MACs:")
     for c in heavy:
         click.echo(f"    {c.name:40s} {c.op:18s} MACs {_fmt_int(c.macs):>8s}  params {_fmt_int(c.params):>8s}")
 

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from compress_graph.ir.model import Model
-from compress_graph.ir.shapes import infer_shapes
+from compress_graph.ir.shapes import infer_shapes, pin_input_shapes
+
+#: ``Model.annotations`` key of the concrete input shapes costs are counted at (``{input name: dims}``), set by the
+#: pipeline for models with dynamic input dims; the model itself keeps its dynamic dims.
+INPUT_SHAPES_KEY = "input_shapes"
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish",
@@ -130,9 +134,17 @@ def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
     return 0
 
 
-def model_cost(model: Model | onnx.ModelProto) -> Cost:
-    """Per-node and total cost. Shared constants count once in the totals."""
+def model_cost(model: Model | onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Cost:
+    """Per-node and total cost. Shared constants count once in the totals.
+
+    ``input_shapes`` (default: the model's ``annotations["input_shapes"]``) gives dynamic inputs the concrete dims
+    MACs and activation bytes are counted at; without them nodes behind a dynamic dim count 0 MACs.
+    """
+    if input_shapes is None and isinstance(model, Model):
+        input_shapes = model.annotations.get(INPUT_SHAPES_KEY)
     proto = model.to_onnx(weights=False) if isinstance(model, Model) else model
+    if input_shapes:
+        proto = pin_input_shapes(proto, input_shapes)
     try:
         proto = infer_shapes(proto)
     except Exception:

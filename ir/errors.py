@@ -29,9 +29,14 @@ class VerificationError(CompressGraphError):
 
 
 class TargetError(CompressGraphError):
-    """Target build or tuning failed (exit 5)."""
+    """Target build or tuning failed (exit 5). ``details``: what the compiler printed (kept out of the one line;
+    the CLI saves it beside the output)."""
 
     exit_code = 5
+
+    def __init__(self, message: str, details: str | None = None):
+        super().__init__(message)
+        self.details = details
 
 
 class TimeoutExceeded(CompressGraphError):

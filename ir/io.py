@@ -175,6 +175,18 @@ def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
         proto.graph.input.extend(keep)
 
 
+def _unknown_negative_dims(proto: onnx.ModelProto) -> None:
+    """Paddle's exporter writes dynamic dims as ``dim_value: -1``, which ONNX does not allow; strict shape inference
+    then fails as soon as a folded shape makes the dim known ("(1) vs (-1)"). Such a dim is an unknown one."""
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        for dim in tt.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.ClearField("dim_value")
+
+
 def _default_opset(proto: onnx.ModelProto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -206,6 +218,7 @@ def normalize(proto: onnx.ModelProto, where: str = "model", *, min_opset: int = 
     if opset > newest:
         raise ModelError(f"{where}: opset {opset} is newer than this onnx supports ({newest})")
     _drop_initializer_inputs(proto)
+    _unknown_negative_dims(proto)
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:

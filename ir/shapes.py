@@ -54,3 +54,51 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     finally:
         graph.initializer.extend(saved)
     return out
+
+
+# --------------------------------------------------------------------------------------------- concrete shapes
+def is_static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def pin_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy of ``proto``'s skeleton whose graph inputs named in ``shapes`` have those concrete dims, with every
+    inferred shape dropped (they hold the symbolic dims): the model as a cost analysis sees it at those shapes."""
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(proto)
+    for vi in pinned.graph.input:
+        dims = shapes.get(vi.name)
+        if dims is None:
+            continue
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+    del pinned.graph.value_info[:]
+    for out in pinned.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    return pinned
+
+
+def parse_input_shapes(texts, input_names: list[str]) -> dict[str, list[int]]:
+    """``--input-shape`` values: ``name=1,3,224,224`` (repeatable), or ``1,3,224,224`` alone for a single-input
+    model. Raises ValueError with a one-line reason."""
+    out: dict[str, list[int]] = {}
+    for text in texts or ():
+        name, sep, dims = str(text).rpartition("=")
+        if not sep:
+            if len(input_names) != 1:
+                raise ValueError(f"--input-shape '{text}': the model has inputs {input_names}; write NAME=DIMS")
+            name = input_names[0]
+        if name not in input_names:
+            raise ValueError(f"--input-shape '{text}': no input '{name}' (inputs: {', '.join(input_names)})")
+        try:
+            values = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise ValueError(f"--input-shape '{text}': dims must be positive integers like 1,3,224,224") from None
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"--input-shape '{text}': dims must be positive integers like 1,3,224,224")
+        if name in out:
+            raise ValueError(f"--input-shape: input '{name}' given twice")
+        out[name] = values
+    return out

@@ -50,6 +50,10 @@ class PassContext:
     # what the compile target prefers, for options the user left at their default: e.g. {"channel_block": 16},
     # the channel count a pruned tensor should be a multiple of to fill the target's packed kernels
     preferences: dict[str, Any] = field(default_factory=dict)
+    # the concrete shapes dynamic inputs are analysed at (a passes.data.InputShapes, set by the pipeline)
+    input_shapes: Any = None
+    # --metric / --max-drop: a passes.metric.AccuracyBudget (None without a metric)
+    accuracy: Any = None
     _calib_cache: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, message: str) -> None:
@@ -84,6 +88,9 @@ class Pass:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    #: the pass meets ``ctx.accuracy``'s ``--max-drop`` itself (quant keeps layers in float); the pipeline does not
+    #: back it off
+    meets_accuracy_budget: ClassVar[bool] = False
 
     def __init__(self, options: Any = None, *, given: list[tuple[str, str]] | None = None, **kwargs: Any):
         if options is None:
@@ -94,6 +101,23 @@ class Pass:
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def milder(self, level: float) -> Pass | None:
+        """This pass cutting ``level`` (0 < level < 1) of what it is configured to cut, for ``--max-drop``: the
+        pipeline bisects the level until the task metric is within budget. None: the pass has no such knob."""
+        return None
+
+    def with_options(self, **changes: Any) -> Pass:
+        """A copy with some options changed (the text shows them as given)."""
+        options = dataclasses.replace(self.options, **changes)
+        given = [(k, v) for k, v in self.given if k not in changes]
+        given += [(k, format_value(round(v, 4) if isinstance(v, float) else v)) for k, v in changes.items()]
+        return type(self)(options, given=given)
+
+    def needs_macs(self) -> bool:
+        """True when the options need the model's MAC count (a ``macs=`` target): the pipeline then refuses a model
+        whose dynamic input dims it cannot resolve instead of letting the pass count 0 MACs and do nothing."""
+        return getattr(self.options, "macs", None) is not None
 
     # ----------------------------------------------------------------------------------- text form
     @classmethod

@@ -200,6 +200,25 @@ def eliminate_identity(model: Model) -> int:
     return removed
 
 
+def canonical_resize(model: Model) -> int:
+    """Resize nodes that list both ``scales`` and ``sizes`` with an empty ``scales`` constant (tf2onnx's form for
+    TFLite models) get ``scales`` omitted: ONNX reads an empty tensor as "not given", but importers such as TVM's
+    refuse the node ("Only one of scales and sizes can be provided"). An empty ``roi`` is dropped likewise.
+    Returns how many nodes changed."""
+    changed = 0
+    for node in model.graph.nodes:
+        if node.op != "Resize" or len(node.inputs) < 4 or not node.inputs[3].name:
+            continue
+        hit = False
+        for i in (1, 2):  # roi, scales
+            t = node.inputs[i]
+            if t.name and isinstance(t, gs.Constant) and np.asarray(t.values).size == 0:
+                node.inputs[i] = gs.Variable.empty()
+                hit = True
+        changed += hit
+    return changed
+
+
 def eliminate_dead(model: Model) -> int:
     removed = G.remove_dead(model.graph)
     G.remove_unused_graph_inputs(model.graph)
@@ -234,7 +253,8 @@ def dedupe_constants(model: Model, min_bytes: int = 0) -> int:
 @register_pass
 class FoldConstants(Pass):
     name = "fold-constants"
-    description = "Fold constant subgraphs and static Shape/Size (never Quantize/DequantizeLinear)"
+    description = ("Fold constant subgraphs and static Shape/Size (never Quantize/DequantizeLinear); Resize with an "
+                   "empty scales next to sizes loses the empty input")
 
     @dataclass
     class Options:
@@ -243,12 +263,14 @@ class FoldConstants(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         limit = int(self.options.max_growth_mb * (1 << 20))
         stats = fold_constants(model, limit)
+        resized = canonical_resize(model)
         observed = observe_static_shapes(model, ctx.seed)
         if observed:
             more = fold_constants(model, limit)
             stats = {k: stats[k] + more[k] for k in stats}
-        dead = eliminate_dead(model) if stats["folded"] else 0
-        return PassResult(model, stats["folded"] > 0, {**stats, "shapes_observed": observed, "dead_removed": dead})
+        dead = eliminate_dead(model) if stats["folded"] or resized else 0
+        return PassResult(model, stats["folded"] > 0 or resized > 0,
+                          {**stats, "shapes_observed": observed, "dead_removed": dead, "resize_canonicalized": resized})
 
 
 @register_pass
@@ -261,7 +283,7 @@ class Cleanup(Pass):
         fold: bool = option(True, "fold constant subgraphs and static shapes")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        stats = {"identity_removed": eliminate_identity(model)}
+        stats = {"identity_removed": eliminate_identity(model), "resize_canonicalized": canonical_resize(model)}
         if self.options.fold:
             stats.update(fold_constants(model))
         stats["dead_removed"] = eliminate_dead(model)

@@ -149,7 +149,8 @@ class Verify(Instrument):
         data = ctx.calib_data(None, original)
         if data is None:
             try:
-                data = CalibData.random(original, count=samples, seed=ctx.seed)
+                shapes = ctx.input_shapes.shapes if ctx.input_shapes is not None else None
+                data = CalibData.random(original, count=samples, seed=ctx.seed, shapes=shapes)
             except DynamicShapeError as exc:
                 self.skipped = f"verification skipped: {exc}"
                 ctx.warn(self.skipped)

@@ -124,11 +124,20 @@ def run_pipeline(
     pass_timeout: float | None = None,
     ctx: PassContext | None = None,
     preferences: dict[str, Any] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    shapes_needed_by: str | None = None,
+    accuracy: Any = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Run the passes in order with instruments around each; return the new model and the report dict.
 
     The input model is not modified. ``preferences``: what a compile target prefers for options left at their
-    default (``{"channel_block": 16}``: ``prune`` keeps channel counts a multiple of it).
+    default (``{"channel_block": 16}``: ``prune`` keeps channel counts a multiple of it). ``input_shapes``
+    (``--input-shape``): the shapes dynamic inputs are analysed at; else the calibration data's, else batch 1 for a
+    dynamic batch alone. The written model keeps its dynamic dims. ``shapes_needed_by`` (e.g. ``--target arm``):
+    what else needs every input resolved (a UsageError names the input otherwise). ``accuracy``: a
+    :class:`compress_graph.passes.metric.AccuracyBudget` (``--metric`` / ``--max-drop``): the task metric is recorded
+    after every modifying pass, and with a ``max_drop`` a pass that overshoots it is re-run milder (bisected) until
+    the metric drop from the original model is within budget; quant meets it itself by keeping layers in float.
     """
     from compress_graph.passes import instruments as inst
     from compress_graph.passes.report import cost_summary, versions
@@ -139,6 +148,8 @@ def run_pipeline(
     ctx = ctx or PassContext(calib=calib, seed=seed, original=original, progress_hook=progress_hook,
                              preferences=dict(preferences or {}))
     ctx.original = original
+    ctx.accuracy = accuracy if accuracy is not None else ctx.accuracy
+    shapes = _resolve_shapes(current, passes, ctx, input_shapes, shapes_needed_by)
     active = list(instruments or [])
     active.insert(0, inst.Timing())
     if pass_timeout:
@@ -156,14 +167,31 @@ def run_pipeline(
         "before": cost_summary(current),
         "versions": versions(),
     }
+    if shapes.dynamic:
+        report["input_shapes"] = shapes.report()
+    budgeted = [ctx.accuracy is not None and ctx.accuracy.max_drop is not None
+                and (q.meets_accuracy_budget or q.milder(0.5) is not None) for q in passes]
+    last_score = ctx.accuracy.baseline if ctx.accuracy is not None else 0.0
     for index, p in enumerate(passes):
         record: dict[str, Any] = {"name": p.name, "text": p.text(), "options": _jsonable(p.options_dict())}
         for ins in active:
             ins.before_pass(index, p, current, record)
+        controlled = budgeted[index] and not p.meets_accuracy_budget
+        before = current.copy() if controlled else None
+        if budgeted[index]:  # an even share of what is left for this and the later budget-aware passes
+            spent = ctx.accuracy.baseline - last_score
+            ctx.accuracy.limit = spent + (ctx.accuracy.max_drop - spent) / sum(budgeted[index:])
         try:
             result = p.run(current, ctx)
             if not isinstance(result, PassResult):
                 raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
+            if ctx.accuracy is not None and result.modified:
+                ok, drop = ctx.accuracy.within(result.model)
+                record["metric"] = {"name": ctx.accuracy.name, "score": round(ctx.accuracy.baseline - drop, 4),
+                                    "drop": round(drop, 4)}
+                if controlled and not ok:
+                    result = _back_off(p, before, result, drop, ctx, record)
+                last_score = ctx.accuracy.baseline - (record["metric"]["drop"])
         except BaseException as exc:
             for ins in active:
                 ins.on_failure(index, p, current, record, exc)
@@ -184,8 +212,87 @@ def run_pipeline(
         record.setdefault("after", report["passes"][-1]["after"] if report["passes"] else report["before"])
         report["passes"].append(record)
     report["after"] = report["passes"][-1]["after"] if report["passes"] else report["before"]
-    report["warnings"] = list(ctx.warnings)
+    if ctx.accuracy is not None:
+        report["accuracy"] = _accuracy_summary(ctx.accuracy, current, report["passes"])
+    report["warnings"] = list(dict.fromkeys(ctx.warnings))  # a pass re-run by --max-drop warns once
     return current, report
+
+
+#: bisection steps over a pass's strength when it overshoots --max-drop (the level is known to 1/32)
+BACK_OFF_STEPS = 5
+
+
+def _back_off(p: Pass, before: Model, result: PassResult, drop: float, ctx: PassContext, record: dict) -> PassResult:
+    """Bisect the strength of pass ``p`` (its :meth:`Pass.milder` level) for the strongest cut whose task-metric
+    drop from the original model is within ``--max-drop``; the pass is left out when no level is."""
+    acc = ctx.accuracy
+    lo, hi = 0.0, 1.0
+    best: tuple[Pass, PassResult, float] | None = None
+    tries = [{"level": 1.0, "drop": round(drop, 4)}]
+    for _ in range(BACK_OFF_STEPS):
+        level = (lo + hi) / 2
+        q = p.milder(level)
+        res = q.run(before.copy(), ctx)
+        ok, d = acc.within(res.model) if res.modified else (True, 0.0)
+        tries.append({"level": level, "text": q.text(), "drop": round(d, 4)})
+        if ok:
+            lo, best = level, (q, res, d)
+        else:
+            hi = level
+    control: dict[str, Any] = {"max_drop": acc.max_drop, "allowed_drop": round(acc.limit, 4), "tries": tries}
+    if best is None:
+        ctx.warn(f"{p.text()}: every cut tried loses more than its share ({acc.limit:.3g}) of --max-drop "
+                 f"{acc.max_drop:g} {acc.name}; pass left out")
+        control.update(level=0.0, applied="(none)")
+        record["accuracy_control"] = control
+        record["metric"] = {"name": acc.name, "score": round(acc.baseline, 4), "drop": 0.0}
+        return PassResult(before, False, {"left_out": "over --max-drop at every level tried"})
+    q, res, d = best
+    control.update(level=lo, applied=q.text())
+    record["accuracy_control"] = control
+    record["metric"] = {"name": acc.name, "score": round(acc.baseline - d, 4), "drop": round(d, 4)}
+    res.stats = {**res.stats, "backed_off_to": q.text()}
+    return res
+
+
+def _accuracy_summary(acc, model: Model, records: list[dict]) -> dict[str, Any]:
+    last = next((r["metric"] for r in reversed(records) if "metric" in r), None)
+    score = last["score"] if last else round(acc.baseline, 4)
+    drop = round(acc.baseline - score, 4)
+    return {"metric": acc.name, "eval_data": acc.evaluator.path, "samples": acc.evaluator.data.count,
+            "original": round(acc.baseline, 4), "compressed": score, "drop": drop, "max_drop": acc.max_drop,
+            "met": acc.max_drop is None or drop <= acc.max_drop + 1e-9, "evaluations": acc.evaluator.evaluations}
+
+
+def _resolve_shapes(model: Model, passes: list[Pass], ctx: PassContext, given: dict[str, list[int]] | None,
+                    needed_by: str | None):
+    """Resolve the shapes dynamic inputs are analysed at and record them on ``model`` (costs) and ``ctx``."""
+    from compress_graph.ir.cost import INPUT_SHAPES_KEY
+    from compress_graph.passes.data import resolve_input_shapes
+
+    calib = None
+    if ctx.calib is not None and any(s is None for s in _declared(model)):
+        calib = ctx.calib_data(None, model)
+    shapes = resolve_input_shapes(model, given, calib)
+    ctx.input_shapes = shapes
+    if shapes.dynamic:
+        model.annotations[INPUT_SHAPES_KEY] = dict(shapes.shapes)
+    if shapes.unresolved:
+        needing = [p for p in passes if p.needs_macs()]
+        if needing:
+            raise UsageError(shapes.missing_message(f"{needing[0].text()} needs the model's MACs"))
+        if needed_by:
+            raise UsageError(shapes.missing_message(f"{needed_by} needs static shapes"))
+        ctx.warn(shapes.missing_message("MACs are not counted"))
+    return shapes
+
+
+def _declared(model: Model) -> list:
+    """Each input's declared shape, None where any dim is dynamic."""
+    from compress_graph.ir.shapes import is_static
+    from compress_graph.passes.data import input_specs
+
+    return [s if is_static(s) else None for _, s, _ in input_specs(model)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -50,7 +50,8 @@ def onnx_passes(target_text: str) -> list[str]:
 def build_for_target(onnx_model: onnx.ModelProto, target_text: str, out_dir: Path, *, tune_trials: int = 0,
                      tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
                      sample_inputs: list[dict[str, np.ndarray]] | None = None,
-                     time_budget_s: float | None = None, progress=None, int8: bool = True) -> dict[str, Any]:
+                     time_budget_s: float | None = None, progress=None, int8: bool = True,
+                     input_shapes: dict[str, dict] | None = None) -> dict[str, Any]:
     """Build ``onnx_model`` for ``target_text`` into ``out_dir/<target>/`` (model.so, model.json, tuning/).
 
     Returns the report section. Raises UsageError (exit 2) for an unknown target/option and TargetError (exit 5)
@@ -75,4 +76,4 @@ def build_for_target(onnx_model: onnx.ModelProto, target_text: str, out_dir: Pat
                           "(a board, or a qemu/board RPC server registered at the tracker)")
     return build(spec, onnx_model, Path(out_dir), tune_trials=tune_trials, tuning_db=tuning_db, rpc=rpc,
                  verify_target=verify_target, sample_inputs=sample_inputs, time_budget_s=time_budget_s,
-                 progress=progress, int8=int8)
+                 progress=progress, int8=int8, input_shapes=input_shapes)

@@ -226,7 +226,9 @@ def versions() -> dict[str, str]:
 def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_trials: int = 0,
           tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
           sample_inputs: list[dict[str, np.ndarray]] | None = None, time_budget_s: float | None = None,
-          progress=None, int8: bool = True) -> dict[str, Any]:
+          progress=None, int8: bool = True, input_shapes: dict[str, dict] | None = None) -> dict[str, Any]:
+    """``input_shapes``: ``{input: {"shape": dims, "declared": ..., "from": ...}}`` for the model's dynamic inputs
+    (the pipeline report's ``input_shapes``); the library is built for those shapes and model.json records them."""
     import tvm
     from tvm import relax
 
@@ -236,6 +238,8 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     fcompile = module.cross_compiler(options) or toolchain.host_compiler()
     out = Path(out_dir) / spec.name
     out.mkdir(parents=True, exist_ok=True)
+    if input_shapes:
+        onnx_model = frontend.pin_shapes(onnx_model, {k: v["shape"] for k, v in input_shapes.items()})
     inputs, outputs = frontend.signature(onnx_model)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -376,6 +380,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         "library": LIB_NAME, "library_sha256": sha256(lib), "elf_machine": machine,
         "source_onnx_sha256": hashlib.sha256(onnx_model.SerializeToString(deterministic=True)).hexdigest(),
         "inputs": [s.as_json() for s in inputs], "outputs": [s.as_json() for s in outputs],
+        **({"dynamic_inputs": input_shapes} if input_shapes else {}),
         "entry": "main", "device": module.DEVICE, "device_code": device_info,
         "schedule": sched_report, "tuning_records": "tuning/" if tuning.has_records(out / "tuning") else None,
         "versions": versions(),

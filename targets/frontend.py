@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +26,21 @@ def _sig(value_info: onnx.ValueInfoProto, what: str) -> TensorSig:
     for d in ttype.shape.dim:
         if not d.HasField("dim_value") or d.dim_value <= 0:
             raise TargetError(f"{what} '{value_info.name}' has a dynamic shape; TVM targets need static shapes "
-                              "(set them on the ONNX model first)")
+                              "(give them with --input-shape or --calib data)")
         dims.append(d.dim_value)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
     return TensorSig(value_info.name, tuple(dims), dtype)
+
+
+def pin_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """The model with its dynamic inputs fixed to ``shapes`` (what the library is built for) and shapes re-inferred."""
+    from compress_graph.ir.shapes import infer_shapes, pin_input_shapes
+
+    pinned = pin_input_shapes(model, shapes)
+    try:
+        return infer_shapes(pinned)
+    except Exception:  # an exporter's inconsistent shapes: the importer infers its own
+        return pinned
 
 
 def signature(model: onnx.ModelProto) -> tuple[list[TensorSig], list[TensorSig]]:
@@ -84,8 +96,38 @@ def to_relax(model: onnx.ModelProto):
     inputs, _ = signature(model)
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
-    try:
-        return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
-    except Exception as exc:  # the importer raises many exception types, all meaning "cannot import"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise TargetError(f"TVM could not import the ONNX model: {first[:300]}") from None
+    with _captured() as log:
+        try:
+            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+        except Exception as exc:  # the importer raises many exception types, all meaning "cannot import"
+            failure = exc
+    lines = [ln for ln in str(failure).strip().splitlines() if ln.strip()] or [type(failure).__name__]
+    printed = log.getvalue()
+    details = (printed + ("\n" if printed and not printed.endswith("\n") else "")
+               + f"{type(failure).__name__}: {failure}\n")
+    raise TargetError(f"TVM could not import the ONNX model: {lines[-1].strip()[:300]}", details=details) from None
+
+
+@contextlib.contextmanager
+def _captured():
+    """What the importer prints (Python prints of the failing operator with a Relax dump, and the C++ warnings on
+    file descriptor 2) goes into a buffer instead of the user's terminal."""
+    import io
+    import os
+    import sys
+    import tempfile
+
+    buf = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as native:
+        os.dup2(native.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield buf
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            native.seek(0)
+            buf.write(native.read().decode("utf-8", "replace"))

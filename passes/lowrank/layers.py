@@ -64,9 +64,14 @@ class Layer:
 def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple]:
     """Tensor name -> dims (None for unknown dims) from ONNX shape inference on the exported model.
 
-    ``input_shapes`` (e.g. from a calibration batch) pins dynamic input dims, so convs behind a dynamic-size input
-    get concrete shapes (MACs and patch geometry need them).
+    ``input_shapes`` (default: the shapes the pipeline resolved for the model's dynamic inputs, the ones its MACs
+    are counted at) pins dynamic input dims, so convs behind a dynamic-size input get concrete shapes (MACs and patch
+    geometry need them).
     """
+    from compress_graph.ir.cost import INPUT_SHAPES_KEY
+
+    if model.annotations.get(INPUT_SHAPES_KEY):
+        input_shapes = model.annotations[INPUT_SHAPES_KEY]
     proto = model.to_onnx()
     for vi in proto.graph.input:
         shape = (input_shapes or {}).get(vi.name)

@@ -61,6 +61,15 @@ class LowRank(Pass):
         if sum(v is not None for v in (o.energy, o.rank, o.macs)) > 1:
             raise UsageError("pass 'lowrank': give at most one of energy, rank, macs")
 
+    def milder(self, level: float) -> LowRank | None:
+        o = self.options
+        if o.macs is not None:
+            return self.with_options(macs=1.0 - level * (1.0 - o.macs))
+        if o.rank is not None:
+            return self.with_options(rank=1.0 - level * (1.0 - o.rank)) if o.rank < 1 else None
+        energy = o.energy if o.energy is not None else DEFAULT_ENERGY
+        return self.with_options(energy=1.0 - level * (1.0 - energy))
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         self._check()
         o = self.options

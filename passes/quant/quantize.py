@@ -107,6 +107,8 @@ class Quantize(Pass):
         samples: int = option(128, "largest number of calibration samples used")
         sens_samples: int = option(16, "samples used to measure agreement for bias correction and mixed precision")
 
+    meets_accuracy_budget = True  # --max-drop: the most sensitive layers stay float (see sensitivity.meet_metric)
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         o = self.options
         if o.samples < 1 or o.sens_samples < 1:
@@ -167,6 +169,12 @@ class Quantize(Pass):
 
             result = sensitivity.mixed_precision(model, setup, o.budget, sens_feeds, ctx)
             stats["mixed_precision"] = result["summary"]
+            setup.plan = result["plan"]
+        if ctx.accuracy is not None and ctx.accuracy.max_drop is not None:
+            from compress_graph.passes.quant import sensitivity
+
+            result = sensitivity.meet_metric(model, setup, ctx.accuracy, sens_feeds, ctx)
+            stats["accuracy_control"] = result["summary"]
             setup.plan = result["plan"]
         qmodel, counts = setup.build(model)
         bc = o.bias_correction
