@@ -47,6 +47,19 @@ def _width_tile(width: int, lanes: int) -> int:
     return _tile(width, 2 * lanes)
 
 
+def _pointwise(block, kh: int, kw: int) -> bool:
+    """A 1x1, stride-1 conv: input pixel = output pixel (no stride multiplier in the input index)."""
+    if kh != 1 or kw != 1:
+        return False
+    return all("*" not in str(r.min) for r in list(block.reads[0].region)[2:])
+
+
+def _copy_only(pad_block) -> bool:
+    """The pad block pads nothing: it reads a buffer of its own shape."""
+    src, dst = pad_block.reads[0].source, pad_block.writes[0].source
+    return [int(d) for d in src.shape] == [int(d) for d in dst.shape]
+
+
 def schedule_conv_nchw(func, lanes: int):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ elementwise epilogue); raises if it does not fit."""
     from tvm import s_tir
@@ -68,21 +81,44 @@ def schedule_conv_nchw(func, lanes: int):
         sch.compute_inline(block)
     epilogue = sch.get_child_blocks(root)[at + 1:]
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
-    ow_t = _width_tile(int(sch.get(xx).extent), lanes)
-    oc_t = _tile(int(sch.get(ff).extent), OC_T)
+    width = int(sch.get(xx).extent)
+    if (width % lanes and _pointwise(sch.get(conv), int(sch.get(ry).extent), int(sch.get(rx).extent))
+            and (at == 0 or _copy_only(sch.get(blocks[0])))):
+        # a 1x1 conv at a width off the vector (14, 7, 12 on NEON): its output pixels are one contiguous row of
+        # H*W, so vectors run over it instead of inserting elements into part-filled vectors
+        if at == 1:  # the legalizer's pad_temp of a conv without padding is a plain copy: read the input itself
+            sch.compute_inline(blocks[0])
+            at = 0
+        flat = True
+        xx = sch.fuse(yy, xx)
+        yy = sch.add_unit_loop(xx)
+        sch.reorder(yy, xx)
+        width = int(sch.get(xx).extent)
+    else:
+        flat = False
+    ow_t = _width_tile(width, lanes)
+    # about 8 accumulator vectors: more output channels per tile when the pixel tile is one vector
+    oc_t = _tile(int(sch.get(ff).extent), OC_T * max(1, (2 * lanes) // ow_t) if ow_t % lanes == 0 else OC_T)
     ff_o, ff_i = sch.split(ff, [None, oc_t])
     xx_o, xx_i = sch.split(xx, [None, ow_t])
     sch.reorder(nn, ff_o, yy, xx_o, rc, ry, rx, ff_i, xx_i)
     outer = sch.fuse(nn, ff_o, yy)
     sch.parallel(outer)
     for block in epilogue:
-        sch.reverse_compute_at(block, xx_o)
+        # flat pixels: a tile's pixels are no rectangle of the 4-d buffers, so the epilogue runs once per group of
+        # output channels (OC_T x H x W, in cache) over the flat pixel row, a whole vector at a time
+        sch.reverse_compute_at(block, outer if flat else xx_o)
     sch.vectorize(xx_i)  # before the init is split off: the update block alone may not be vectorized
     sch.unroll(ff_i)
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     for block in epilogue:
-        sch.vectorize(sch.get_loops(block)[-1])
+        if flat:
+            pixels = sch.fuse(*sch.get_loops(block)[-2:])
+            if int(sch.get(pixels).extent) % lanes == 0:
+                sch.vectorize(sch.split(pixels, [None, lanes])[1])
+        else:
+            sch.vectorize(sch.get_loops(block)[-1])
     if at == 1:  # the padded input: one vectorized pass
         pad = sch.get_child_blocks(root)[0]
         loops = sch.get_loops(pad)

@@ -181,8 +181,14 @@ class Quantize(Pass):
         if bc == "auto" and data_free:
             bc = "off"  # random inputs say little about the real per-channel means
         if bc != "off":
+            plain = (qmodel, counts)
             model, qmodel, counts, stats["bias_correction"] = self._bias_correction(
                 model, qmodel, counts, setup, bc, sens_feeds, reference)
+            budget = ctx.accuracy if ctx.accuracy is not None and ctx.accuracy.max_drop is not None else None
+            if budget is not None and stats["bias_correction"]["applied"] != "off" and not budget.within(qmodel)[0]:
+                # chosen by output agreement, it cost task metric the float placement was measured without
+                qmodel, counts = plain
+                stats["bias_correction"]["applied"] = "off (over --max-drop with it)"
         stats.update(placement_stats(setup.plan, counts))
         stats["time_s"] = round(time.perf_counter() - t0, 3)
         return PassResult(qmodel, True, stats)
