@@ -138,7 +138,9 @@ class MaskedModel:
         return [np.asarray(v, dtype=np.float64) for v in self.sess.run(None, full)]
 
     def error(self, units: list[Unit]) -> float:
-        """Relative squared output error (summed over outputs, averaged over samples) with ``units`` zeroed."""
+        """Relative squared output error with ``units`` zeroed: per output (its error over its own energy, so a
+        detector's small score output counts as much as its large box regressors), averaged over outputs and
+        samples."""
         zeros: dict[str, list] = {}
         for u in units:
             for t, idx in u.members.items():
@@ -148,9 +150,10 @@ class MaskedModel:
         errs = []
         for feed, ref in zip(self.feeds, self.reference):
             got = self._run(feed, zeros)
-            num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(got, ref))
-            den = sum(float(np.sum(b**2)) for b in ref) or 1.0
-            errs.append(num / den)
+            errs.append(np.mean([float(np.sum((a - b) ** 2)) / (float(np.sum(b**2)) or 1.0)
+                                 for a, b in zip(got, ref)]))
+        if not errs:
+            raise ValueError("prune sensitivity: no sample inputs to measure on")
         return float(np.mean(errs))
 
 

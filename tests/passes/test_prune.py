@@ -192,3 +192,22 @@ def test_target_channel_block_rounds_pruned_counts_unless_round_to_is_given():
     assert stats["round_to"] == 1 and any(v % 16 for v in changed.values()), changed  # the probe: unaligned
     stats, _ = pruned_counts("prune{ratio=0.4,round_to=1}", preferences=prefs)
     assert stats["round_to"] == 1 and "round_to_from" not in stats
+
+
+def test_macs_allocation_weighs_each_output_by_its_own_energy():
+    """A detector's small score output next to large box regressors: summed over outputs, cutting the score branch
+    read as free (sensitivity 0.0 at every level) and kept 3 of 16 channels; per output it keeps most of them."""
+    from cg_testutil import make_model, rand
+
+    w = {"w1": rand((16, 3, 3, 3), 1, 0.5), "w2": rand((16, 3, 3, 3), 2, 0.5),
+         "wb": rand((16, 16, 1, 1), 3, 30.0), "ws": rand((1, 16, 1, 1), 4, 0.3)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "wb"], ["boxes"]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["b"], ["br"]),
+             helper.make_node("Conv", ["br", "ws"], ["scores"])]
+    proto = make_model(nodes, [("x", [1, 3, 16, 16])], [("boxes", [1, 16, 16, 16]), ("scores", [1, 1, 16, 16])], w)
+    out, report = run_pipeline(Model.from_onnx(proto), "prune{macs=0.7,criterion=l2}", verify=False)
+    sens = report["passes"][0]["stats"]["sensitivity"]
+    assert min(sens["b"][1:]) > 1e-3, sens  # the score branch's cuts cost something
+    kept = {n.outputs[0].name: n.inputs[1].shape[0] for n in out.graph.nodes if n.op == "Conv"}
+    assert kept["b"] >= 8, kept
