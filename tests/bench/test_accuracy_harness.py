@@ -38,6 +38,22 @@ def test_metrics_and_matching(bench_modules):
     assert decode.ctc_greedy(probs, list("abcd")) == "aab"
 
 
+def test_yunet_decode(bench_modules):
+    """One face at stride 8, cell (row 2, col 3), offset (0.5, 0.5), 2x2 cells: centre (28, 20), box 16 x 16."""
+    decode, _, _ = bench_modules
+    outs = []
+    cells = (16, 4, 1)  # strides 8, 16, 32 at 32 x 32
+    for kind in ("cls", "obj", "bbox"):
+        for n in cells:
+            outs.append(np.zeros((1, n, 4 if kind == "bbox" else 1), np.float32))
+    cls8, obj8, bbox8 = outs[0], outs[3], outs[6]
+    cell = 2 * 4 + 3
+    cls8[0, cell, 0], obj8[0, cell, 0] = 0.9, 0.9
+    bbox8[0, cell] = [0.5, 0.5, np.log(2.0), np.log(2.0)]
+    det = decode.yunet_boxes(outs, 32, 32)
+    assert det["boxes"].tolist() == [[20.0, 12.0, 36.0, 28.0]] and det["scores"][0] == pytest.approx(0.9)
+
+
 def test_peer_pipeline_text(bench_modules):
     _, peers, _ = bench_modules
     parts = peers.split_pipeline("fold-bn,prune{ratio=0.3,x=1},quant")
@@ -78,3 +94,16 @@ def test_harness_end_to_end_on_one_real_model(tmp_path):
     peer = rows["ort quantize_static QDQ per-channel minmax"]
     assert peer["compressed"] is not None, peer["note"]
     assert "| ppocr_cls |" in proc.stdout
+    # as shipped ([-1,3,?,?] input) with a task-metric budget judged on the control set
+    out = tmp_path / "shipped.json"
+    cmd = [sys.executable, str(BENCH / "run.py"), "--pipeline", "fold-bn,quant", "--models", "ppocr_cls",
+           "--as-shipped", "--max-drop", "1", "--samples", "8", "--calib-samples", "4", "--control-samples", "8",
+           "--runs", "1", "--json", str(out), "--workdir", str(tmp_path / "work2")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    budget = rows["compress_graph: fold-bn,quant --max-drop 1"]
+    assert budget["compressed"] is not None and budget["as_shipped"], budget["note"]
+    assert budget["budget"] == "drop ≤ 1 pts top-1 % (0/180), control set" and "control set: drop" in budget["note"]
+    assert budget["before"]["macs"] > 0  # the dynamic model counted at the calibration shape
+    assert rows["compress_graph: fold-bn,quant"]["budget"] == "none"
