@@ -19,13 +19,29 @@ OPTIONS = {
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math", ("on", "off")),
     "requant": REQUANT_OPTION,
+    "isa": Option("auto", "x86 instruction set of the library: this machine's CPU (auto), or build for another x86 "
+                  "device: avx2 (Haswell: AVX2+FMA), avx512 (Skylake-AVX512), vnni (Cascade Lake: AVX-512 VNNI)",
+                  ("auto", "avx2", "avx512", "vnni")),
 }
+
+#: LLVM CPU models that stand for each x86 level (what the int8/fp32 kernels and LLVM's codegen then assume)
+ISA_CPUS = {"avx2": "haswell", "avx512": "skylake-avx512", "vnni": "cascadelake"}
 
 
 def tvm_target(options: dict[str, str]):
     import tvm
 
-    mcpu = tvm.target.codegen.llvm_get_system_cpu() if hasattr(tvm.target, "codegen") else None
+    isa = options.get("isa", "auto")
+    if isa in ISA_CPUS:
+        import platform
+
+        if platform.machine() not in ("x86_64", "AMD64"):
+            from compress_graph.ir.errors import UsageError
+
+            raise UsageError(f"host{{isa={isa}}}: an x86 instruction set, but this machine is {platform.machine()}")
+        mcpu = ISA_CPUS[isa]
+    else:
+        mcpu = tvm.target.codegen.llvm_get_system_cpu() if hasattr(tvm.target, "codegen") else None
     target = {"kind": "llvm", "num-cores": int_option(options, "cores", NAME),
               "fast-math": options["fastmath"] == "on"}
     if mcpu and mcpu != "generic":
@@ -42,4 +58,30 @@ def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, 
 
     if rpc:
         return runners.run_rpc(lib_path, feeds, rpc, device="cpu")
+    missing = missing_features(options.get("isa", "auto"))
+    if missing:
+        return {"method": "local", "skipped": f"this CPU lacks {', '.join(missing)} (built for "
+                                              f"isa={options['isa']}); run it on such a CPU or under an emulator"}
     return runners.run_local(lib_path, feeds)
+
+
+#: CPU flags (/proc/cpuinfo names) each isa's code may execute
+ISA_FLAGS = {"avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+             "vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")}
+
+
+def missing_features(isa: str) -> list[str]:
+    """The flags ``isa``'s code needs that this machine's CPU does not report (LLVM's cpuid view for VNNI too)."""
+    if isa not in ISA_FLAGS:
+        return []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return []
+    missing = [f for f in ISA_FLAGS[isa] if f not in flags]
+    if isa == "vnni" and not missing:
+        from compress_graph.targets.isa.x86_vnni import host_has_vnni
+
+        missing = [] if host_has_vnni() else ["avx512_vnni"]
+    return missing

@@ -177,3 +177,28 @@ def test_pointwise_convs_off_the_vector_width_match_under_qemu(tmp_path, hw):
     ver = section["verification"]
     assert ver["status"] == "passed" and ver["max_abs_err"] <= 1e-4, ver
     assert section["schedule"]["fp32_hand_scheduled"] == 2, section["schedule"]
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils' objdump absent")
+def test_host_isa_builds_for_another_x86_level(tmp_path, tiny_model):
+    """host{isa=avx2} builds code an AVX2-only CPU runs (no zmm register anywhere), isa=avx512 uses zmm; each runs
+    here when this CPU has the level, else its verification says why it was skipped."""
+    import platform
+    import subprocess
+
+    from compress_graph.targets import host
+
+    if platform.machine() != "x86_64":
+        pytest.skip("x86 only")
+    for isa, zmm in (("avx2", False), ("avx512", True)):
+        section = build_for_target(tiny_model(), f"host{{isa={isa}}}", tmp_path / isa, verify_target=True)
+        assert section["tvm_target"]["mcpu"] == host.ISA_CPUS[isa]
+        asm = subprocess.run(["objdump", "-d", section["library"]], capture_output=True, text=True).stdout
+        assert ("%zmm" in asm) == zmm, isa
+        ver = section["verification"]
+        if host.missing_features(isa):
+            assert ver["status"] == "skipped" and "lacks" in ver["reason"], ver
+        else:
+            assert ver["status"] == "passed", ver
+    with pytest.raises(UsageError, match="valid values|must be one of|isa"):
+        build_for_target(tiny_model(), "host{isa=sse2}", tmp_path / "bad")
