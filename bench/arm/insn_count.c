@@ -9,7 +9,9 @@
  * register: "fmla.v" is the NEON form, "fmadd" the scalar one).
  * With mix=1 it also writes "block <guest address> <instructions> <runs>" for every translated block that ran in
  * the region, which bench/arm/insn.py attributes to the functions of the loaded libraries (/proc/self/maps).
- * Options: out=FILE (default stderr), mix=0|1.   Build: gcc -O2 -shared -fPIC -o insn_count.so insn_count.c
+ * Options: out=FILE (default stderr), mix=0|1, arch=aarch64|x86_64 (default aarch64; on x86_64 the marker is
+ * syscall(39 = getpid, 0xC0FFEE, id) and a vector instruction gets ".x", ".y" or ".z" after its mnemonic by the
+ * widest of its xmm / ymm / zmm operands).   Build: gcc -O2 -shared -fPIC -o insn_count.so insn_count.c
  * Written for qemu 7.2's plugin API (version 1); the declarations it needs are in qemu_plugin_api.h.
  */
 #include "qemu_plugin_api.h"
@@ -21,7 +23,9 @@
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
-enum { SYS_GETPID_AARCH64 = 172, SYS_CLONE_AARCH64 = 220, SYS_CLONE3 = 435 };
+enum { SYS_GETPID_AARCH64 = 172, SYS_CLONE_AARCH64 = 220, SYS_CLONE3 = 435, SYS_GETPID_X86_64 = 39,
+       SYS_CLONE_X86_64 = 56 };
+static int x86; /* arch=x86_64 */
 static const uint64_t MARKER = 0xC0FFEE;
 enum { REGION_START = 1000, REGION_END = 1001 };
 
@@ -80,7 +84,28 @@ static const char *dot_product_name(uint32_t w) {
   return NULL;
 }
 
+static uint16_t classify_x86(struct qemu_plugin_insn *insn) {
+  char *text = qemu_plugin_insn_disas(insn);
+  char key[48];
+  const char *p = text;
+  size_t len = 0;
+  while (*p == ' ' || *p == '\t') ++p;
+  while (*p && *p != ' ' && *p != '\t' && len < sizeof(key) - 3) key[len++] = *p++;
+  char width = 0;
+  if (strstr(p, "%zmm")) width = 'z';
+  else if (strstr(p, "%ymm")) width = 'y';
+  else if (strstr(p, "%xmm")) width = 'x';
+  if (width) {
+    key[len++] = '.';
+    key[len++] = width;
+  }
+  key[len] = '\0';
+  free(text);
+  return intern(key);
+}
+
 static uint16_t classify(struct qemu_plugin_insn *insn) {
+  if (x86) return classify_x86(insn);
   if (qemu_plugin_insn_size(insn) == 4) {
     uint32_t word;
     memcpy(&word, qemu_plugin_insn_data(insn), 4); /* little-endian guest on a little-endian host */
@@ -140,11 +165,11 @@ static void write_mix(void) {
 static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
                        uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8) {
   (void)id, (void)vcpu, (void)a3, (void)a4, (void)a5, (void)a6, (void)a7, (void)a8;
-  if (num == SYS_CLONE_AARCH64 || num == SYS_CLONE3) {
+  if (num == (x86 ? SYS_CLONE_X86_64 : SYS_CLONE_AARCH64) || num == SYS_CLONE3) {
     ++clones;
     return;
   }
-  if (num != SYS_GETPID_AARCH64 || a1 != MARKER) return;
+  if (num != (x86 ? SYS_GETPID_X86_64 : SYS_GETPID_AARCH64) || a1 != MARKER) return;
   if (a2 == REGION_START) {
     region_start = executed;
     for (size_t i = 0; i < n_blocks; ++i) blocks[i]->runs_at_start = blocks[i]->runs;
@@ -170,8 +195,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
       if (report == NULL) return -1;
     } else if (strncmp(argv[i], "mix=", 4) == 0) {
       want_mix = atoi(argv[i] + 4);
+    } else if (strcmp(argv[i], "arch=x86_64") == 0 || strcmp(argv[i], "arch=aarch64") == 0) {
+      x86 = argv[i][5] == 'x';
     } else {
-      fprintf(stderr, "insn_count: unknown option '%s' (out=FILE, mix=0|1)\n", argv[i]);
+      fprintf(stderr, "insn_count: unknown option '%s' (out=FILE, mix=0|1, arch=aarch64|x86_64)\n", argv[i]);
       return -1;
     }
   }

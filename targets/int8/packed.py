@@ -93,7 +93,9 @@ class PackedConvEmitter:
             n_in += extra
         ic_bn = next(b for b in (16, 8, 4) if n_in % b == 0)
         xp = self._packed_input(bb, x, x_packed, ic_bn, extra)
-        kernel = relax.const(pack_kernel(w, ic_bn), "int8")
+        # a family whose instruction multiplies wider operands takes its weights widened once, at build time
+        wdtype = getattr(self.family, "WEIGHT_DTYPE", "int8")
+        kernel = relax.const(pack_kernel(w, ic_bn).astype(wdtype), wdtype)
         offset = self.family.INPUT_OFFSET
         acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
                          getattr(self.family, "PAIRS", 1), primfunc_name_hint="conv2d_NCHWc_int8")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from compress_graph.targets.isa import arm_neon, arm_sdot, x86_vnni
+from compress_graph.targets.isa import arm_neon, arm_sdot, x86_avx2, x86_vnni
 
 #: int8 dot-product kernel families, first match wins
-INT8_DOT: tuple[ModuleType, ...] = (x86_vnni, arm_sdot, arm_neon)
+INT8_DOT: tuple[ModuleType, ...] = (x86_vnni, x86_avx2, arm_sdot, arm_neon)
 
 
 def int8_dot(target) -> ModuleType | None:

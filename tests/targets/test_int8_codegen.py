@@ -50,7 +50,11 @@ def test_target_options():
     assert isa.int8_dot(tvm.target.Target({**A53, "mcpu": "cortex-a55"})).NAME == "arm-sdot"  # dotprod by mcpu
     assert isa.int8_dot(tvm.target.Target(A53)).NAME == "arm-neon"  # no dot product: smull / sadalp
     assert isa.int8_dot(tvm.target.Target(VNNI_HOST)).NAME == "x86-vnni"
-    assert isa.int8_dot(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})) is None
+    assert isa.int8_dot(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})).NAME == "x86-avx2"  # vpmaddwd
+    assert isa.int8_dot(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})).NAME == "x86-avx2"
+    assert isa.int8_dot(tvm.target.Target({"kind": "llvm", "mcpu": "nehalem"})) is None  # no AVX2
+    assert options_for_target(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})).conv_emitter.family \
+        .WEIGHT_DTYPE == "int16"
     assert options_for_target(tvm.target.Target(A76)).conv_emitter.family.INPUT_OFFSET == 128
     assert options_for_target(tvm.target.Target(A53)).conv_emitter.family.PAIRS == 2
     assert options_for_target(tvm.target.Target(VNNI_HOST)).conv_emitter is not None

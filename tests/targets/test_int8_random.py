@@ -210,3 +210,29 @@ def test_random_net_arm_library_matches_the_qdq_semantics_under_qemu(tmp_path, s
     step = output_scales(model)[0]
     assert np.max(np.abs(got - want)) <= step * 1.001, (
         f"{cpu} seed {seed}: {np.max(np.abs(got - want)) / step:.1f} steps off the QDQ semantics")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12))
+def test_random_net_avx2_library_matches_the_qdq_semantics(tmp_path, seed):
+    """The x86 AVX2 family (vpmaddwd on widened 16-bit operands, pair accumulators; host{isa=avx2}) on the same random
+    nets, within one output step of the QDQ semantics. No saturation: onnxruntime's AVX2 u8s8 kernels clip there."""
+    import platform
+
+    from compress_graph.targets import build_for_target, host
+
+    if platform.machine() != "x86_64" or host.missing_features("avx2"):
+        pytest.skip("needs an x86 CPU with AVX2")
+    path = quantize_qdq(_random_net(seed, tmp_path / "fp32.onnx"), tmp_path / "qdq.onnx")
+    model = onnx.load(str(path))
+    section = build_for_target(model, "host{isa=avx2,cores=1}", tmp_path / "out")
+    sched = section["schedule"]
+    assert section["int8"]["converted"] > 0 and not sched.get("int8_hand_failed"), sched
+    assert sched.get("int8_hand_scheduled", 0) > 0, sched
+    feeds = random_input(model, seed)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(section["library"]), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    want = ort_session(path).run(None, feeds)[0]
+    step = output_scales(model)[0]
+    assert np.max(np.abs(got - want)) <= step * 1.001, (
+        f"avx2 seed {seed}: {np.max(np.abs(got - want)) / step:.1f} steps off the QDQ semantics")
