@@ -21,7 +21,7 @@ from typing import Any
 import click
 from compress_graph.ir.errors import CompressGraphError, TargetError, TimeoutExceeded, UsageError, VerificationError
 
-OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "reproducer", "ir"}
+OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "report.html", "reproducer", "ir"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -199,6 +199,7 @@ def cli() -> None:
       compress-graph model.onnx --passes fold-bn,prune,quant --target arm -o out/
       compress-graph passes          # list passes and their options
       compress-graph inspect MODEL   # params / MACs / bytes
+      compress-graph report OUT/     # OUT/report.html from OUT/report.json
     """
 
 
@@ -233,12 +234,13 @@ def cli() -> None:
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Lower QDQ models to integer kernels.")
 @click.option("--timeout", type=float, help="Give up (exit 6, nothing written) after this many seconds.")
 @click.option("--pass-timeout", type=float, help="Give up (exit 6) when one pass runs longer than this.")
+@click.option("--html", is_flag=True, help="Also write OUTPUT/report.html (tables and charts, one offline file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or table on stderr.")
 @click.pass_context
 def run_cmd(ctx, model, pipeline, output, target, calib, input_shapes, metric, eval_data, max_drop, plugins,
             config_file, verify, min_cosine, max_abs_error,
             dump_ir, seed, tune_trials, tuning_db, rpc, verify_target, time_budget, int8, timeout, pass_timeout,
-            quiet):
+            html, quiet):
     """Compress MODEL with a pipeline of passes (and compile it with --target); write OUTPUT/model.onnx,
     OUTPUT/report.json (and OUTPUT/<target>/)."""
     config = _load_config(config_file)
@@ -353,10 +355,15 @@ def _run(o: dict[str, Any]) -> None:
             if check.get("status") == "failed" and not failure:
                 failure = _mismatch_line(o["target"], check, out / "report.json")
                 report["status"] = "target_mismatch"
+        report["input_model"] = str(Path(o["model"]).resolve())
         text = json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
         # paths recorded while building point into the temp folder; the report names the final one
         text = text.replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1])
         (tmp / "report.json").write_text(text)
+        if o.get("html"):
+            from compress_graph.report_html import write_html_report
+
+            write_html_report(tmp, model_path=o["model"])
         shutil.rmtree(work, ignore_errors=True)
         _commit_output_dir(tmp, out)
     except BaseException:
@@ -381,7 +388,8 @@ def _run(o: dict[str, Any]) -> None:
                 if "max_abs_err" in check:
                     line += f" (max|d|={check['max_abs_err']:.3g}, {check.get('method', '')})"
             click.echo(line, err=True)
-        click.echo(f"wrote {out / 'model.onnx'} and {out / 'report.json'}", err=True)
+        files = [out / "model.onnx", out / "report.json"] + ([out / "report.html"] if o.get("html") else [])
+        click.echo(f"wrote {', '.join(map(str, files[:-1]))} and {files[-1]}", err=True)
     if failure:
         raise VerificationError(failure)
 
@@ -507,6 +515,17 @@ def _build_target(model, o: dict[str, Any], out_tmp: Path, quiet: bool, shapes: 
         input_shapes=shapes or None,
         progress=None if quiet else (lambda s: _echo("  " + s)), **extra,
     )
+
+
+@cli.command("report")
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="The run's input model: adds the per-layer MACs before/after chart.")
+def report_cmd(output, model_path):
+    """Write OUTPUT/report.html from OUTPUT/report.json (a run's output folder): one self-contained page."""
+    from compress_graph.report_html import write_html_report
+
+    click.echo(f"wrote {write_html_report(output, model_path=model_path)}", err=True)
 
 
 @cli.command("passes")

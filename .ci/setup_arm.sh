@@ -2,7 +2,7 @@
 # Prepare everything `--target arm|armv7|jetson|mali|adreno` and tests/targets need on a fresh Debian 12 x86-64
 # machine: cross compilers, qemu-user, the MetaSchedule/RPC Python extras, an aarch64 Python 3.11 + TVM
 # sysroot for running built libraries under qemu-aarch64 (verification), and onnxruntime's aarch64 wheel for
-# bench/arm's instruction counts.
+# bench/arm's instruction counts. Also Debian's chromium, which tests/cli renders the HTML report in.
 #
 # Sources: Debian packages (apt) and PyPI wheels (pip) only. Idempotent: every step checks before it acts;
 # the sysroot is cached in $COMPRESS_GRAPH_SYSROOT_DIR (default ~/.cache/compress-graph) and rebuilt only when
@@ -29,7 +29,8 @@ PLAT=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --plat
 # 1. cross compilers and qemu-user (host packages)
 HOST_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
            gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross
-           qemu-user binutils file strace)  # strace: the test that a build opens no network socket
+           qemu-user binutils file strace  # strace: the test that a build opens no network socket
+           chromium)  # the headless-browser screenshot of report.html (tests/cli/test_report_html.py)
 missing=()
 for p in "${HOST_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

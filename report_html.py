@@ -1,0 +1,648 @@
+"""The HTML report: ``OUT/report.html``, one self-contained page built from ``OUT/report.json`` (and the model files).
+
+Written by ``compress-graph report OUT/`` and by a run with ``--html``. Every number on the page is read from
+report.json, or counted from ``OUT/model.onnx`` and the input model with the same cost model the report uses (and
+shown only when those totals agree with report.json's). Charts are PNGs rendered here with matplotlib's Agg
+canvas and inlined as base64; the CSS is inline; there is no script and no network reference, so the file opens
+offline in any browser. What the report does not record is said so under its heading, never left out silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _bytes_io
+import json
+from pathlib import Path
+from typing import Any
+
+from compress_graph.ir.errors import UsageError
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+#: the per-layer chart shows layers with at least this share of the input model's MACs, at most MAX_LAYERS of them
+#: (the heaviest), in graph order
+MIN_LAYER_SHARE = 0.005
+MAX_LAYERS = 30
+#: chart colours: "before" grey, "after" orange (the screenshot test looks for the orange)
+BEFORE_COLOR = "#9aa9b8"
+AFTER_COLOR = "#e8590c"
+HIGHLIGHT_COLOR = "#1c7ed6"
+PRUNE_LEVELS = (0, 25, 50, 75)  # percent of a group's channels cut at each prune sensitivity measurement
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d232a}
+main{max-width:1100px;margin:0 auto;padding:16px 24px 48px}
+h1{font-size:22px;margin:8px 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:2px solid #d0d7de;
+padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}h4{font-size:13px;margin:12px 0 4px;color:#444}
+section.pass{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:4px 14px 10px;margin:10px 0}
+table{border-collapse:collapse;margin:6px 0 10px;background:#fff}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eef1f4}
+.none{color:#6a737d;font-style:italic}.bad{color:#b42318;font-weight:600}.ok{color:#1a7f37;font-weight:600}
+img{display:block;max-width:100%;height:auto;margin:6px 0}code{font-size:12px;background:#eef1f4;padding:1px 3px}
+ul{margin:4px 0 8px}nav a{margin-right:12px}
+"""
+
+
+# --------------------------------------------------------------------------------------------- entry points
+def load_report(out_dir: str | Path) -> dict[str, Any]:
+    """``OUT/report.json`` as a dict; a missing, unreadable or foreign file is a UsageError (exit 2)."""
+    path = Path(out_dir) / REPORT_JSON
+    if not Path(out_dir).is_dir():
+        raise UsageError(f"'{out_dir}' is not an output folder (write one with: compress-graph MODEL --passes ... "
+                         f"-o {out_dir})")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no {REPORT_JSON} in '{out_dir}' (write one with: compress-graph MODEL --passes ... "
+                         f"-o {out_dir})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("passes"), list) \
+            or not isinstance(report.get("before"), dict) or not isinstance(report.get("after"), dict):
+        raise UsageError(f"{path} is not a compress-graph report (no 'passes', 'before' and 'after')")
+    return report
+
+
+def write_html_report(out_dir: str | Path, model_path: str | Path | None = None) -> Path:
+    """Render ``OUT/report.json`` to ``OUT/report.html`` (temp file + rename). ``model_path``, the run's input model,
+    adds the per-layer MACs before/after chart."""
+    from compress_graph.ir.io import atomic_write_bytes
+
+    out_dir = Path(out_dir)
+    report = load_report(out_dir)
+    if model_path is None and report.get("input_model") and Path(report["input_model"]).is_file():
+        model_path = report["input_model"]  # the run recorded where its input was
+    page = render_html(report, out_dir, model_path)
+    target = out_dir / REPORT_HTML
+    atomic_write_bytes(target, page.encode("utf-8"))
+    return target
+
+
+def render_html(report: dict[str, Any], out_dir: str | Path | None = None,
+                model_path: str | Path | None = None) -> str:
+    """The page as a string. ``out_dir`` (holding model.onnx) and ``model_path`` enable the per-layer chart."""
+    charts = _Charts()
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>compress-graph report: {_e(report.get('pipeline', ''))}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        "<h1>compress-graph report</h1>",
+        '<nav><a href="#summary">Summary</a><a href="#cost">Cost per pass</a><a href="#layers">Per layer</a>'
+        '<a href="#passes">Passes</a><a href="#target">Target</a><a href="#tuning">Tuning</a></nav>',
+        _summary(report, model_path),
+        _cost_per_pass(report, charts),
+        _per_layer(report, charts, out_dir, model_path),
+        _passes(report, charts),
+        _target(report.get("target"), charts),
+        _tuning(report.get("target")),
+        "</main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- formatting helpers
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any) -> str:
+    """A recorded number as shown: integers with thousands separators, floats to 6 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _e(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.6g}"
+
+
+def _cell(value: Any, key: str | None = None) -> str:
+    """A table cell; numbers carry ``data-key`` (their path in report.json) and ``data-value`` (the exact value)."""
+    if value is None:
+        return '<td class="none">-</td>'
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        attrs = f' data-key="{_e(key)}" data-value="{_e(json.dumps(value))}"' if key else ""
+        return f'<td class="n"{attrs}>{_num(value)}</td>'
+    return f"<td>{_e(value)}</td>"
+
+
+def _table(header: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
+    """``rows`` hold ready cells (``_cell``/``<td>``); header entries are escaped here (None: no header row)."""
+    head = "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>" if header else ""
+    body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
+    return f'<table{f" class={cls!r}" if cls else ""}>{head}<tbody>{body}</tbody></table>'
+
+
+def _none(text: str) -> str:
+    return f'<p class="none">{_e(text)}</p>'
+
+
+def _kv_table(items: dict[str, Any], key_prefix: str) -> str:
+    """A stats dict as a two-column table: numbers as cells, flat dicts/lists as ``a: 1, b: 2``, deeper values as
+    their JSON."""
+    rows = []
+    for k, v in items.items():
+        if isinstance(v, (dict, list)) and not v:
+            shown = "<td>(none)</td>"
+        elif isinstance(v, dict) and all(_scalar(x) for x in v.values()):
+            shown = "<td>" + _e(", ".join(f"{a}: {b}" for a, b in v.items())) + "</td>"
+        elif isinstance(v, list) and all(_scalar(x) for x in v):
+            shown = "<td>" + _e(", ".join(map(str, v))) + "</td>"
+        elif _scalar(v):
+            shown = _cell(v, f"{key_prefix}.{k}")
+        else:
+            shown = f"<td><code>{_e(json.dumps(v, default=str))}</code></td>"
+        rows.append([f"<td>{_e(k)}</td>", shown])
+    return _table(["stat", "value"], rows) if rows else ""
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _thousands(value: Any) -> str:
+    return f"{value:,}" if _is_num(value) else str(value)
+
+
+def _change(before: Any, after: Any) -> str:
+    if not (_is_num(before) and _is_num(after)) or not before:
+        return '<td class="none">-</td>'
+    return f'<td class="n">{(after - before) / before * 100:+.1f} %</td>'
+
+
+# --------------------------------------------------------------------------------------------- charts
+class _Charts:
+    """matplotlib figures on the Agg canvas (no pyplot, no global backend switch) as inline PNG ``<img>`` tags."""
+
+    def __init__(self) -> None:
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise UsageError("the HTML report needs matplotlib (pip install matplotlib)") from None
+        self._figure = Figure
+
+    def figure(self, width: float, height: float, cols: int = 1):
+        """A figure and its ``cols`` side-by-side axes (one axes object for ``cols=1``)."""
+        fig = self._figure(figsize=(width, height), dpi=96)
+        axes = [fig.add_subplot(1, cols, k + 1) for k in range(cols)]
+        return fig, axes[0] if cols == 1 else axes
+
+    @staticmethod
+    def img(fig, alt: str) -> str:
+        buf = _bytes_io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        return f'<img class="chart" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+    def before_after(self, labels: list[str], before: list[float], after: list[float], title: str,
+                     xlabel: str) -> str:
+        """Horizontal bars, one pair per label (top to bottom in the given order)."""
+        import numpy as np
+
+        height = max(2.2, 0.34 * len(labels) + 1.2)
+        fig, ax = self.figure(10, height)
+        y = np.arange(len(labels))
+        ax.barh(y - 0.2, before, height=0.4, color=BEFORE_COLOR, label="before")
+        ax.barh(y + 0.2, after, height=0.4, color=AFTER_COLOR, label="after")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=11)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        return self.img(fig, title)
+
+    def bars(self, labels: list[str], values: list[float], title: str, xlabel: str,
+             highlight: set[str] | None = None, highlight_label: str = "") -> str:
+        import numpy as np
+
+        height = max(2.0, 0.3 * len(labels) + 1.2)
+        fig, ax = self.figure(10, height)
+        y = np.arange(len(labels))
+        colors = [HIGHLIGHT_COLOR if highlight and lab in highlight else BEFORE_COLOR for lab in labels]
+        ax.barh(y, values, height=0.6, color=colors)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="x", alpha=0.3)
+        if highlight:
+            from matplotlib.patches import Patch
+
+            ax.legend(handles=[Patch(color=HIGHLIGHT_COLOR, label=highlight_label),
+                               Patch(color=BEFORE_COLOR, label="other")], loc="lower right", fontsize=8)
+        return self.img(fig, title)
+
+
+# --------------------------------------------------------------------------------------------- sections
+def _summary(report: dict[str, Any], model_path: str | Path | None) -> str:
+    out = ['<h2 id="summary">Summary</h2>']
+    status = report.get("status")
+    status_html = (f'<span class="{"ok" if status == "ok" else "bad"}">{_e(status)}</span>' if status is not None
+                   else '<span class="none">not recorded</span>')
+    rows = [
+        ["<td>input model</td>", f"<td>{_e(model_path)}</td>" if model_path else
+         '<td class="none">not recorded (report.json does not name it; give --model to `compress-graph report`)</td>'],
+        ["<td>pipeline</td>", f"<td><code>{_e(report.get('pipeline', ''))}</code></td>"],
+        ["<td>status</td>", f"<td>{status_html}</td>"],
+    ]
+    target = report.get("target")
+    if isinstance(target, dict):
+        check = target.get("verification") or {}
+        rows.append(["<td>target</td>", f"<td>{_e(target.get('target_text', target.get('target', '')))} - "
+                     f"verification: {_e(check.get('status', 'not recorded'))}</td>"])
+    else:
+        rows.append(["<td>target</td>", '<td class="none">not recorded (no --target)</td>'])
+    versions = report.get("versions")
+    if isinstance(versions, dict):
+        rows.append(["<td>versions</td>", "<td>" + _e(", ".join(f"{k} {v}" for k, v in versions.items())) + "</td>"])
+    out.append(_table(None, rows))
+
+    before, after = report["before"], report["after"]
+    keys = [k for k in ("params", "macs", "bytes", "act_bytes") if k in before or k in after]
+    cost_rows = [["<td>before</td>"] + [_cell(before.get(k), f"before.{k}") for k in keys],
+                 ["<td>after</td>"] + [_cell(after.get(k), f"after.{k}") for k in keys],
+                 ["<td>change</td>"] + [_change(before.get(k), after.get(k)) for k in keys]]
+    out.append("<h3>Size and compute</h3>" + _table([""] + keys, cost_rows))
+
+    out.append("<h3>Output agreement</h3>")
+    verified = [(i, r) for i, r in enumerate(report["passes"])
+                if isinstance(r, dict) and isinstance((r.get("verify") or {}).get("worst"), dict)]
+    if verified:
+        i, last = verified[-1]
+        worst = last["verify"]["worst"]
+        cells = [_cell(worst.get(k), f"passes.{i}.verify.worst.{k}") for k in ("cosine", "max_abs", "top1_agreement")]
+        out.append(f"<p>Final model against the original, after pass {i + 1} (<code>{_e(last.get('text'))}</code>), "
+                   f"on {_e(last['verify'].get('samples', '?'))} samples ({_e(last['verify'].get('data', '?'))}):</p>")
+        out.append(_table(["cosine", "max |d|", "top-1 agreement"], [cells]))
+    else:
+        out.append(_none("not recorded (no pass was verified: --no-verify or no passes)"))
+
+    out.append("<h3>Task metric</h3>")
+    acc = report.get("accuracy")
+    if isinstance(acc, dict):
+        keys = ["original", "compressed", "drop", "max_drop", "met", "samples"]
+        out.append(f"<p>{_e(acc.get('metric', ''))} on {_e(acc.get('eval_data', ''))}</p>")
+        out.append(_table(keys, [[_cell(acc.get(k), f"accuracy.{k}") if k != "met" else
+                                  f'<td class="{"ok" if acc.get("met") else "bad"}">{_e(acc.get("met"))}</td>'
+                                  for k in keys]]))
+    else:
+        out.append(_none("not recorded (no --metric)"))
+
+    out.append("<h3>Input shapes</h3>")
+    shapes = report.get("input_shapes")
+    if isinstance(shapes, dict) and shapes:
+        rows = [[f"<td>{_e(name)}</td>", f"<td>{_e(s.get('declared'))}</td>", f"<td>{_e(s.get('shape'))}</td>",
+                 f"<td>{_e(s.get('from'))}</td>"] for name, s in shapes.items() if isinstance(s, dict)]
+        out.append(_table(["input", "declared", "analysed at", "from"], rows))
+    else:
+        out.append(_none("not recorded (every input has a fixed shape)"))
+
+    out.append("<h3>Warnings</h3>")
+    warnings = report.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        out.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
+    else:
+        out.append(_none("none recorded"))
+    return "\n".join(out)
+
+
+def _pass_label(record: dict[str, Any], i: int) -> str:
+    text = (record.get("accuracy_control") or {}).get("applied") or record.get("text") or record.get("name", "?")
+    return f"{i + 1}. {text}"
+
+
+def _cost_per_pass(report: dict[str, Any], charts: _Charts) -> str:
+    out = ['<h2 id="cost">Cost per pass</h2>']
+    passes = [r for r in report["passes"] if isinstance(r, dict)]
+    labels = ["(input)"] + [_pass_label(r, i) for i, r in enumerate(passes)]
+    costs = [report["before"]] + [r.get("after") or {} for r in passes]
+    macs = [c.get("macs") for c in costs]
+    size = [c.get("bytes") for c in costs]
+    if all(_is_num(v) for v in macs + size):
+        import numpy as np
+
+        fig, axes = charts.figure(10, max(2.4, 0.32 * len(labels) + 1.4), cols=2)
+        y = np.arange(len(labels))
+        for k, (values, name, scale) in enumerate(((macs, "MACs (millions)", 1e6), (size, "weight bytes (KiB)", 1024))):
+            ax = axes[k]
+            ax.barh(y, [v / scale for v in values], color=[BEFORE_COLOR] + [AFTER_COLOR] * (len(values) - 1))
+            ax.set_yticks(y, labels if k == 0 else [""] * len(labels), fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel(name)
+            ax.grid(axis="x", alpha=0.3)
+        fig.suptitle("MACs and weight bytes after each pass", fontsize=11)
+        out.append(charts.img(fig, "MACs and weight bytes after each pass"))
+    else:
+        out.append(_none("not recorded (a pass has no MACs or bytes in its 'after' cost)"))
+    return "\n".join(out)
+
+
+def _lowrank_expansion(report: dict[str, Any]) -> dict[str, list[str]]:
+    """node -> the nodes lowrank replaced it with (from the passes' recorded ``layers[].new_nodes``)."""
+    mapping: dict[str, list[str]] = {}
+    for r in report["passes"]:
+        layers = (r.get("stats") or {}).get("layers") if isinstance(r, dict) else None
+        for layer in layers if isinstance(layers, list) else ():
+            if isinstance(layer, dict) and isinstance(layer.get("new_nodes"), list) and layer.get("node"):
+                mapping[str(layer["node"])] = [str(n) for n in layer["new_nodes"]]
+    return mapping
+
+
+def _per_layer(report: dict[str, Any], charts: _Charts, out_dir: str | Path | None,
+               model_path: str | Path | None) -> str:
+    out = ['<h2 id="layers">Per layer: MACs before and after</h2>']
+    if model_path is None:
+        out.append(_none("not recorded: report.json holds totals only and does not name the input model (give "
+                         "--model to `compress-graph report`, or use --html on the run)"))
+        return "\n".join(out)
+    final = Path(out_dir) / "model.onnx" if out_dir is not None else None
+    if final is None or not final.is_file():
+        out.append(_none(f"not recorded: no model.onnx in {out_dir}"))
+        return "\n".join(out)
+    from compress_graph.ir import io
+    from compress_graph.ir.cost import model_cost
+
+    shapes = {k: v["shape"] for k, v in (report.get("input_shapes") or {}).items()
+              if isinstance(v, dict) and isinstance(v.get("shape"), list)} or None
+    before = model_cost(io.load(model_path), shapes)
+    after = model_cost(io.load(final), shapes)
+    for name, cost, recorded in (("input model", before, report["before"]), ("model.onnx", after, report["after"])):
+        if cost.macs != recorded.get("macs"):
+            path = model_path if name == "input model" else final
+            out.append(_none(f"not shown: the {name}'s MACs counted now ({cost.macs:,}) differ from report.json's "
+                             f"({_thousands(recorded.get('macs'))}); is {path} the run's {name}?"))
+            return "\n".join(out)
+    after_macs = {c.name: c.macs for c in after.per_node}
+    expansion = _lowrank_expansion(report)
+
+    def macs_after(name: str) -> int | None:
+        names, found, total = [name], False, 0
+        while names:
+            n = names.pop()
+            if n in after_macs:
+                found, total = True, total + after_macs[n]
+            names.extend(expansion.get(n, ()))
+        return total if found else None
+
+    heavy = [c for c in before.per_node if c.macs > 0 and c.macs >= MIN_LAYER_SHARE * before.macs]
+    if not heavy:
+        out.append(_none("not recorded: the input model's cost model counts no MACs per layer"))
+        return "\n".join(out)
+    shown = sorted(sorted(range(len(heavy)), key=lambda i: -heavy[i].macs)[:MAX_LAYERS])
+    rows, labels, b_vals, a_vals = [], [], [], []
+    for i in shown:
+        c = heavy[i]
+        a = macs_after(c.name)
+        labels.append(c.name)
+        b_vals.append(c.macs / 1e6)
+        a_vals.append((a or 0) / 1e6)
+        rows.append([f"<td>{_e(c.name)}</td>", f"<td>{_e(c.op)}</td>", _cell(c.macs, f"layers.{c.name}.before"),
+                     _cell(a, f"layers.{c.name}.after") if a is not None
+                     else '<td class="none">not in the output (folded, removed or renamed)</td>',
+                     _change(c.macs, a)])
+    note = f", the {len(shown)} heaviest of them" if len(heavy) > len(shown) else ""
+    out.append(f"<p>Layers with at least {MIN_LAYER_SHARE:.1%} of the input model's MACs{_e(note)}, counted from "
+               "the input model and model.onnx with the report's cost model (their totals match report.json's); a "
+               "factorized layer's after value is the sum of the nodes that replaced it.</p>")
+    out.append(charts.before_after(labels, b_vals, a_vals, "MACs per layer", "MACs (millions)"))
+    out.append(_table(["layer", "op", "MACs before", "MACs after", "change"], rows))
+    return "\n".join(out)
+
+
+def _passes(report: dict[str, Any], charts: _Charts) -> str:
+    out = ['<h2 id="passes">Passes</h2>']
+    passes = report["passes"]
+    if not passes:
+        out.append(_none("not recorded (the pipeline ran no pass)"))
+        return "\n".join(out)
+    has_metric = any(isinstance(r, dict) and isinstance(r.get("metric"), dict) for r in passes)
+    header = ["#", "pass", "time (s)", "params", "MACs", "bytes", "cosine", "max |d|", "top-1"]
+    header += ["metric", "metric drop"] if has_metric else []
+    b = report["before"]
+    rows = [['<td></td>', "<td>(input)</td>", "<td></td>"]
+            + [_cell(b.get(k), f"before.{k}") for k in ("params", "macs", "bytes")] + ["<td></td>"] * 3
+            + (["<td></td>"] * 2 if has_metric else [])]
+    for i, r in enumerate(passes):
+        if not isinstance(r, dict):
+            continue
+        a = r.get("after") or {}
+        v = r.get("verify") or {}
+        worst = v.get("worst") if isinstance(v.get("worst"), dict) else {}
+        row = [f'<td class="n">{i + 1}</td>', f"<td><code>{_e(_pass_label(r, i).split('. ', 1)[1])}</code></td>",
+               _cell(r.get("time_s"), f"passes.{i}.time_s")]
+        row += [_cell(a.get(k), f"passes.{i}.after.{k}") for k in ("params", "macs", "bytes")]
+        if "skipped" in v:
+            row += [f'<td colspan="3" class="none">verification skipped: {_e(v["skipped"])}</td>']
+        elif v and v.get("checker") not in (None, "ok"):
+            row += [f'<td colspan="3" class="bad">checker: {_e(v.get("checker"))}</td>']
+        else:
+            row += [_cell(worst.get(k), f"passes.{i}.verify.worst.{k}")
+                    for k in ("cosine", "max_abs", "top1_agreement")]
+        if has_metric:
+            m = r.get("metric") if isinstance(r.get("metric"), dict) else {}
+            row += [_cell(m.get("score"), f"passes.{i}.metric.score"), _cell(m.get("drop"), f"passes.{i}.metric.drop")]
+        rows.append(row)
+    out.append(_table(header, rows, "passes"))
+    for i, r in enumerate(passes):
+        if isinstance(r, dict):
+            out.append(_pass_section(i, r, charts))
+    return "\n".join(out)
+
+
+def _pass_section(i: int, record: dict[str, Any], charts: _Charts) -> str:
+    stats = record.get("stats") if isinstance(record.get("stats"), dict) else {}
+    out = [f'<section class="pass" id="pass-{i + 1}"><h3>{_e(_pass_label(record, i))}</h3>']
+    shown: set[str] = set()  # stats drawn above the generic table
+    sens = stats.get("sensitivity")
+    if isinstance(sens, dict) and sens and all(isinstance(v, list) for v in sens.values()):
+        out.append(_prune_charts(i, stats, charts))
+        shown.add("sensitivity")
+    if isinstance(stats.get("layers"), list):
+        out.append(_lowrank_charts(i, stats, charts))
+        shown.add("layers")
+        if isinstance(sens, dict) and sens and all(_is_num(v) for v in sens.values()):
+            shown.add("sensitivity")
+    if "quantized_nodes" in stats:
+        out.append(_quant_charts(i, stats, charts))
+        shown.update(k for k in ("mixed_precision", "accuracy_control") if isinstance(stats.get(k), dict))
+    control = record.get("accuracy_control")
+    if isinstance(control, dict) and isinstance(control.get("tries"), list):
+        out.append(f"<h4>--max-drop back-off (allowed drop {_e(control.get('allowed_drop'))}; applied "
+                   f"<code>{_e(control.get('applied'))}</code>)</h4>")
+        rows = [[_cell(t.get("level")), f"<td><code>{_e(t.get('text', record.get('text')))}</code></td>",
+                 _cell(t.get("drop"))] for t in control["tries"] if isinstance(t, dict)]
+        out.append(_table(["level", "pass", "metric drop"], rows))
+    table = _kv_table({k: v for k, v in stats.items() if k not in shown}, f"passes.{i}.stats")
+    if table:
+        out.append("<h4>Recorded stats</h4>" + table)
+    elif not stats:
+        out.append(_none("no stats recorded"))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _prune_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
+    out = ["<h4>Sensitivity per channel group</h4>"]
+    sens = stats["sensitivity"]
+    full = {g: v for g, v in sens.items() if len(v) == len(PRUNE_LEVELS) and all(_is_num(x) for x in v)}
+    if full:
+        fig, ax = charts.figure(10, 4.2)
+        for g, errors in full.items():
+            ax.plot(PRUNE_LEVELS, errors, marker="o", label=g)
+        ax.set_xticks(PRUNE_LEVELS, [f"{p} %" for p in PRUNE_LEVELS])
+        ax.set_xlabel("channels of the group cut")
+        ax.set_ylabel("model output error")
+        ax.set_title("prune sensitivity: output error when one group is cut", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if len(full) > 8 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        out.append(charts.img(fig, "prune sensitivity curves"))
+    rows = [[f"<td>{_e(g)}</td>"] + [_cell(x) for x in v] + ["<td></td>"] * (len(PRUNE_LEVELS) - len(v))
+            for g, v in sens.items() if isinstance(v, list)]
+    out.append(_table(["group"] + [f"{p} % cut" for p in PRUNE_LEVELS], rows))
+    if len(full) < len(sens):
+        out.append(_none(f"{len(sens) - len(full)} group(s) too small for every measurement are in the table only."))
+    out.append(_none("The cut chosen per group is not recorded (only the total: units_removed)."))
+    return "\n".join(out)
+
+
+def _lowrank_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
+    out = []
+    layers = [x for x in stats["layers"] if isinstance(x, dict) and _is_num(x.get("macs_before"))
+              and _is_num(x.get("macs_after"))]
+    if layers:
+        out.append("<h4>Factorized layers</h4>")
+        out.append(charts.before_after([str(x.get("node")) for x in layers], [x["macs_before"] / 1e6 for x in layers],
+                                       [x["macs_after"] / 1e6 for x in layers], "MACs per factorized layer",
+                                       "MACs (millions)"))
+        rows = [[f"<td>{_e(x.get('node'))}</td>", f"<td>{_e(x.get('scheme', ''))}</td>",
+                 f"<td>{_e(', '.join(map(str, x.get('ranks') or [])))}</td>",
+                 _cell(x["macs_before"], f"passes.{i}.stats.layers.{k}.macs_before"),
+                 _cell(x["macs_after"], f"passes.{i}.stats.layers.{k}.macs_after"),
+                 _change(x["macs_before"], x["macs_after"]), _cell(x.get("error"))]
+                for k, x in enumerate(layers)]
+        out.append(_table(["layer", "scheme", "rank", "MACs before", "MACs after", "change", "error"], rows))
+    else:
+        out.append(_none("no layer was factorized"))
+    sens = stats.get("sensitivity")
+    if isinstance(sens, dict) and sens and all(_is_num(v) for v in sens.values()):
+        chosen = {str(x.get("node")) for x in layers}
+        out.append("<h4>Sensitivity per layer</h4>")
+        out.append(charts.bars(list(sens), list(sens.values()), "lowrank sensitivity (model output error weight)",
+                               "sensitivity", highlight=chosen, highlight_label="factorized"))
+    return "\n".join(out)
+
+
+def _quant_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
+    """int8 vs float: the counts, and every node kept in float with the reason the report gives."""
+    reasons: dict[str, str] = {}
+    for name in stats.get("float_head") or []:
+        reasons[str(name)] = "keep_head: the model's last layer stays float"
+    mixed = stats.get("mixed_precision") if isinstance(stats.get("mixed_precision"), dict) else {}
+    control = stats.get("accuracy_control") if isinstance(stats.get("accuracy_control"), dict) else {}
+    for name in mixed.get("float_layers") or []:
+        reasons[str(name)] = f"mixed precision: quant{{budget={mixed.get('budget')}}} (output drop)"
+    for name in control.get("float_layers") or []:
+        reasons[str(name)] = f"--max-drop {control.get('max_drop')} ({control.get('metric', 'task metric')})"
+    for name in stats.get("excluded") or []:
+        reasons.setdefault(str(name), "exclude= option")
+    skipped = stats.get("skipped") if isinstance(stats.get("skipped"), dict) else {}
+    for name, why in skipped.items():
+        reasons.setdefault(str(name), f"not quantized: {why}")
+    out = ["<h4>int8 and float nodes</h4>"]
+    quantized = stats.get("quantized_nodes")
+    if _is_num(quantized):
+        fig, ax = charts.figure(10, 1.9)
+        ax.barh([0, 1], [quantized, len(reasons)], color=[AFTER_COLOR, BEFORE_COLOR], height=0.6)
+        ax.set_yticks([0, 1], ["int8 (QDQ)", "kept in float"])
+        ax.invert_yaxis()
+        ax.set_xlabel("nodes")
+        ax.set_title("quant placement", fontsize=11)
+        for y, v in enumerate((quantized, len(reasons))):
+            ax.text(v, y, f" {v}", va="center", fontsize=9)
+        out.append(charts.img(fig, "quant placement: int8 vs float nodes"))
+    if reasons:
+        out.append(_table(["node kept in float", "why"], [[f"<td>{_e(n)}</td>", f"<td>{_e(w)}</td>"]
+                                                          for n, w in reasons.items()]))
+    else:
+        out.append("<p>The placement records no node kept in float (float_head, excluded and skipped are empty)."
+                   "</p>")
+    sens = mixed.get("most_sensitive")
+    if isinstance(sens, dict) and sens and all(_is_num(v) for v in sens.values()):
+        out.append(charts.bars(list(sens), list(sens.values()), "quant: most sensitive layers (output drop)",
+                               "drop when quantized alone", highlight=set(mixed.get("float_layers") or []),
+                               highlight_label="kept in float"))
+    for key, data in (("mixed_precision", mixed), ("accuracy_control", control)):
+        if data:
+            out.append(f"<h4>{_e(key)}</h4>" + _kv_table(data, f"passes.{i}.stats.{key}"))
+    return "\n".join(out)
+
+
+def _target(target: Any, charts: _Charts) -> str:
+    out = ['<h2 id="target">Target</h2>']
+    if not isinstance(target, dict):
+        out.append(_none("not recorded (the run had no --target)"))
+        return "\n".join(out)
+    rows = [[f"<td>{_e(k)}</td>", f"<td>{_e(target.get(k))}</td>"]
+            for k in ("target_text", "library", "library_sha256", "elf_machine") if k in target]
+    if isinstance(target.get("tvm_target"), dict):
+        rows.append(["<td>tvm_target</td>", f"<td><code>{_e(json.dumps(target['tvm_target']))}</code></td>"])
+    out.append(_table(None, rows))
+
+    out.append("<h3>Verification</h3>")
+    check = target.get("verification")
+    out.append(_kv_table(check, "target.verification") if isinstance(check, dict) and check
+               else _none("not recorded"))
+
+    out.append("<h3>Kernels and schedules</h3>")
+    sched = target.get("schedule")
+    if isinstance(sched, dict) and sched:
+        sources = [(label, sched.get(key)) for key, label in (
+            ("from_tuning_records", "tuned (records)"), ("int8_hand_scheduled", "hand-scheduled int8"),
+            ("fp32_hand_scheduled", "hand-scheduled fp32"), ("sampled", "default (sampled)"))
+            if _is_num(sched.get(key))]
+        unscheduled = sched.get("unscheduled")
+        if isinstance(unscheduled, list):
+            sources.append(("unscheduled", len(unscheduled)))
+        if sources:
+            fig, ax = charts.figure(10, max(1.8, 0.35 * len(sources) + 1.0))
+            ax.barh(range(len(sources)), [v for _, v in sources], color=AFTER_COLOR, height=0.6)
+            ax.set_yticks(range(len(sources)), [s for s, _ in sources])
+            ax.invert_yaxis()
+            ax.set_xlabel("kernels")
+            ax.set_title(f"how the {sched.get('kernels', '?')} kernels were scheduled", fontsize=11)
+            for y, (_, v) in enumerate(sources):
+                ax.text(v, y, f" {v}", va="center", fontsize=9)
+            out.append(charts.img(fig, "kernels by schedule source"))
+        out.append(_kv_table(sched, "target.schedule"))
+    else:
+        out.append(_none("not recorded"))
+    out.append(_none("Time per kernel: not recorded (the report holds no per-kernel profile)."))
+
+    int8 = target.get("int8")
+    out.append("<h3>int8 lowering</h3>")
+    out.append(_kv_table(int8, "target.int8") if isinstance(int8, dict) and int8
+               else _none("not recorded (float library or --no-int8)"))
+    timings = target.get("timings")
+    out.append("<h3>Build timings</h3>")
+    out.append(_kv_table(timings, "target.timings") if isinstance(timings, dict) and timings
+               else _none("not recorded"))
+    return "\n".join(out)
+
+
+def _tuning(target: Any) -> str:
+    out = ['<h2 id="tuning">Tuning</h2>']
+    tuning = target.get("tuning") if isinstance(target, dict) else None
+    if not isinstance(tuning, dict) or not tuning:
+        out.append(_none("not recorded (no --target)"))
+        return "\n".join(out)
+    if not tuning.get("trials_per_task"):
+        out.append(_none("no tuning ran (--tune 0); kernels come from hand schedules, records or defaults"))
+    out.append(_kv_table(tuning, "target.tuning"))
+    out.append(_none("Best latency vs trials: not recorded (the report keeps tuning totals only)."))
+    return "\n".join(out)

@@ -1,0 +1,267 @@
+"""The HTML report (`--html`, `compress-graph report OUT/`): its sections, that it is one offline file, that its
+charts are drawn, that its numbers are report.json's, and that it renders in headless Chromium."""
+
+import base64
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from cg_testutil import MODELS
+from compress_graph.cli import main
+from PIL import Image
+
+RESNET = str(MODELS / "resnet_s.onnx")
+PIPELINE = "fold-bn,prune{macs=0.7},quant"
+SECTIONS = ["summary", "cost", "layers", "passes", "target", "tuning"]
+AFTER_RGB = (0xE8, 0x59, 0x0C)  # report_html.AFTER_COLOR: the "after" bars; nothing else on the page uses it
+
+
+def cli(*args):
+    code = "import sys; from compress_graph.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+class Page(HTMLParser):
+    """What the tests read from a page: h2 sections (id -> text below them), numeric cells, images, references
+    (src/href) and tag names."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections: dict[str, list[str]] = {}
+        self.cells: dict[str, tuple[str, list[str]]] = {}  # data-key -> (data-value, text pieces)
+        self.images: list[str] = []
+        self.tags: set[str] = set()
+        self.refs: list[str] = []
+        self._section: str | None = None
+        self._cell: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        self.refs += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "action", "poster", "data")]
+        if tag == "h2":
+            self._section = a.get("id")
+            self.sections[self._section] = []
+        if tag == "td" and "data-key" in a:
+            self._cell = a["data-key"]
+            self.cells[self._cell] = (a["data-value"], [])
+        if tag == "img":
+            self.images.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._section is not None:
+            self.sections[self._section].append(data)
+        if self._cell is not None:
+            self.cells[self._cell][1].append(data)
+
+    def text(self, section: str) -> str:
+        return " ".join(self.sections[section])
+
+
+def lookup(report: dict, key: str):
+    value = report
+    for part in key.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def shown_number(text: str) -> float:
+    return float(text.replace(",", "").strip())
+
+
+def png(src: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:60]
+    return Image.open(io.BytesIO(base64.b64decode(src[len(prefix):]))).convert("RGB")
+
+
+def drawn(image: Image.Image) -> tuple[int, float]:
+    """(distinct colours, share of pixels that are not white)."""
+    pixels = np.asarray(image).reshape(-1, 3)
+    return len(np.unique(pixels, axis=0)), float((pixels != 255).any(axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("html") / "out"
+    r = cli(RESNET, "--passes", PIPELINE, "-o", out, "--html")
+    assert r.returncode == 0, r.stderr
+    assert "report.html" in r.stderr.splitlines()[-1]
+    return out
+
+
+def test_run_html_has_sections_is_offline_and_charts_are_drawn(run_out):
+    text = (run_out / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert list(page.sections) == SECTIONS
+    assert PIPELINE in page.text("summary") and RESNET in page.text("summary")
+    # absent data: the heading stays and says so
+    assert "not recorded" in page.text("target") and "not recorded" in page.text("tuning")
+    assert "not recorded (no --metric)" in page.text("summary")
+    # one offline file: no script, no stylesheet or frame to fetch, no URL anywhere
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+    assert page.refs and all(v.startswith(("data:image/png;base64,", "#")) for v in page.refs)
+    # cost per pass, per layer, prune sensitivity, quant placement
+    assert len(page.images) == 4
+    for src in page.images:
+        colours, ink = drawn(png(src))
+        assert colours > 20 and ink > 0.02, (colours, ink)
+
+
+def test_html_numbers_are_report_json_numbers(run_out):
+    report = json.loads((run_out / "report.json").read_text())
+    page = Page((run_out / "report.html").read_text(encoding="utf-8"))
+    required = [f"{side}.{k}" for side in ("before", "after") for k in ("params", "macs", "bytes")]
+    for i in range(len(report["passes"])):
+        required += [f"passes.{i}.after.{k}" for k in ("params", "macs", "bytes")]
+        required += [f"passes.{i}.time_s", f"passes.{i}.verify.worst.cosine", f"passes.{i}.verify.worst.max_abs"]
+    assert set(required) <= set(page.cells), sorted(set(required) - set(page.cells))
+    checked = 0
+    for key, (value, pieces) in page.cells.items():
+        if key.startswith("layers."):
+            continue  # counted from the model files: checked below
+        recorded = lookup(report, key)
+        assert json.loads(value) == recorded, key
+        shown = shown_number("".join(pieces))
+        if isinstance(recorded, int):
+            assert shown == recorded, (key, pieces)
+        else:  # floats are shown to 6 significant digits
+            assert math.isclose(shown, recorded, rel_tol=5.1e-6, abs_tol=1e-12), (key, pieces)
+        checked += 1
+    assert checked > 40  # the pass stats are in too, not only the summary
+
+    # per layer: the input model's own per-node MACs, and the pruned layers shrank
+    from compress_graph.ir import io as cg_io
+    from compress_graph.ir.cost import model_cost
+
+    per_node = {c.name: c.macs for c in model_cost(cg_io.load(RESNET)).per_node}
+    layers = {k[len("layers."):]: json.loads(v) for k, (v, _) in page.cells.items() if k.startswith("layers.")}
+    befores = {k[:-len(".before")]: v for k, v in layers.items() if k.endswith(".before")}
+    assert len(befores) >= 10 and all(per_node[name] == v for name, v in befores.items())
+    assert any(layers.get(f"{name}.after", v) < v for name, v in befores.items())
+
+
+def test_report_command_rewrites_the_page_and_refuses_other_folders(run_out, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_out, copy)
+    (copy / "report.html").unlink()
+    r = cli("report", copy, "--model", RESNET)
+    assert r.returncode == 0, r.stderr
+    # same report.json and model: the same page, byte for byte
+    assert (copy / "report.html").read_bytes() == (run_out / "report.html").read_bytes()
+    r = cli("report", copy)  # the run recorded its input model: the same page without --model
+    assert r.returncode == 0, r.stderr
+    assert (copy / "report.html").read_bytes() == (run_out / "report.html").read_bytes()
+    data = json.loads((copy / "report.json").read_text())
+    del data["input_model"]  # a report that does not say where its input was
+    (copy / "report.json").write_text(json.dumps(data))
+    r = cli("report", copy)
+    assert r.returncode == 0, r.stderr
+    page = Page((copy / "report.html").read_text(encoding="utf-8"))
+    assert list(page.sections) == SECTIONS and "not recorded" in page.text("layers")
+    assert len(page.images) == 3 and not [p for p in copy.iterdir() if p.name.startswith(".")]
+    # a folder holding report.html is still ours: a new run replaces it (without --html: no stale page)
+    r = cli(RESNET, "--passes", "fold-bn", "-o", copy, "-q")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in copy.iterdir()) == ["model.onnx", "report.json"]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cases = {"missing folder": tmp_path / "nope", "no report.json": bad}
+    for name, body in (("not json", "{"), ("not a report", '{"pipeline": "x"}'), ("a list", "[1, 2]")):
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        (folder / "report.json").write_text(body)
+        cases[name] = folder
+    capsys.readouterr()
+    for name, folder in cases.items():
+        assert main(["report", str(folder)]) == 2, name
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and str(folder) in lines[0], (name, err)
+        assert not (folder / "report.html").exists()
+
+
+def test_strings_are_escaped_and_absent_sections_say_so():
+    from compress_graph.report_html import render_html
+
+    evil = "<script>alert(1)</script>"
+    report = {"pipeline": evil, "passes": [{"name": "x", "text": evil, "stats": {evil: evil}, "after": {}}],
+              "before": {"params": 1, "macs": 2, "bytes": 3}, "after": {"params": 1, "macs": 2, "bytes": 3},
+              "warnings": [evil], "status": evil}
+    text = render_html(report)
+    assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    page = Page(text)
+    assert list(page.sections) == SECTIONS
+    for section in ("layers", "target", "tuning"):
+        assert "not recorded" in page.text(section), section
+    assert "not recorded" in page.text("cost")  # the pass has no cost: no chart made up
+    assert page.images == []
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (Debian package 'chromium'; "
+                    ".ci/setup_arm.sh installs it)")
+def test_page_renders_in_headless_chromium(run_out, tmp_path):
+    url = (run_out / "report.html").resolve().as_uri()
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2000", url], capture_output=True,
+                       text=True, timeout=180, env=env)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2000)
+    colours, ink = drawn(image)
+    assert colours > 100 and ink > 0.3, (colours, ink)  # text, tables, the page background and charts
+    orange = int((np.abs(np.asarray(image).astype(int) - AFTER_RGB) <= 8).all(axis=2).sum())
+    assert orange > 2000, orange  # the cost and per-layer charts' "after" bars are on screen: the PNGs decoded
+
+    r = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dom = Page(r.stdout)
+    assert list(dom.sections) == SECTIONS and len(dom.images) == 4
+
+
+def test_target_section_shows_the_recorded_schedule():
+    """The shape of a `--target host` report (fields as targets/build.py writes them), rendered in-process."""
+    from compress_graph.report_html import render_html
+
+    cost = {"params": 10, "macs": 20, "bytes": 30}
+    target = {"target": "host", "target_text": "host", "library": "/o/host/model.so", "elf_machine": "x86-64",
+              "tvm_target": {"kind": "llvm", "mcpu": "rocketlake"},
+              "schedule": {"kernels": 17, "from_tuning_records": 2, "int8_hand_scheduled": 9, "int8_hand_failed": {},
+                           "default": "metaschedule-sample (seeded, unmeasured)", "sampled": 6, "unscheduled": []},
+              "tuning": {"trials_per_task": 8, "tasks": 3, "trials": 24, "failed_trials": 1, "seconds": 12.5},
+              "verification": {"status": "passed", "max_abs_err": 0.0125, "method": "local"},
+              "timings": {"import_s": 1.73, "tune_s": 12.6, "build_s": 1.72}}
+    report = {"pipeline": "", "passes": [], "before": cost, "after": cost, "status": "ok", "target": target}
+    page = Page(render_html(report))
+    assert "verification: passed" in page.text("summary")
+    for key in ("schedule.kernels", "schedule.from_tuning_records", "schedule.int8_hand_scheduled",
+                "schedule.sampled", "verification.max_abs_err", "timings.build_s", "tuning.trials",
+                "tuning.failed_trials"):
+        value, pieces = page.cells[f"target.{key}"]
+        assert json.loads(value) == lookup(target, key) and shown_number("".join(pieces)) == lookup(target, key)
+    assert "not recorded" in page.text("target")  # time per kernel
+    assert "Best latency vs trials: not recorded" in page.text("tuning")
+    assert len(page.images) == 2  # cost per pass, kernels by schedule source
+    colours, ink = drawn(png(page.images[1]))
+    assert colours > 20 and ink > 0.02
