@@ -54,6 +54,12 @@ def _pointwise(block, kh: int, kw: int) -> bool:
     return all("*" not in str(r.min) for r in list(block.reads[0].region)[2:])
 
 
+def _width_stride(block) -> int:
+    """The conv's stride along the width, read off its input index (``v_xx * 2 + v_rx``)."""
+    index = str(list(block.reads[0].region)[3].min)
+    return 2 if "* T.int64(2)" in index or "*2" in index.replace(" ", "") else 1
+
+
 def _copy_only(pad_block) -> bool:
     """The pad block pads nothing: it reads a buffer of its own shape."""
     src, dst = pad_block.reads[0].source, pad_block.writes[0].source
@@ -81,6 +87,15 @@ def schedule_conv_nchw(func, lanes: int):
         sch.compute_inline(block)
     epilogue = sch.get_child_blocks(root)[at + 1:]
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+    phases = at == 1 and _width_stride(sch.get(conv)) == 2
+    if phases:
+        # stride 2 along the width: the padded input is stored as its even and its odd columns, one after the other
+        # (w -> (w % 2, w // 2)), so the conv reads each kernel column's inputs as one contiguous row where it
+        # gathered every other element (element inserts on NEON and AVX alike)
+        pad_block = blocks[0]
+        odd = int(sch.get(pad_block).writes[0].source.shape[3]) % 2
+        sch.transform_layout(pad_block, ("write", 0), lambda n, c, h, w: (n, c, h, w % 2, w // 2),
+                             pad_value=0.0 if odd else None)
     width = int(sch.get(xx).extent)
     if (width % lanes and _pointwise(sch.get(conv), int(sch.get(ry).extent), int(sch.get(rx).extent))
             and (at == 0 or _copy_only(sch.get(blocks[0])))):
@@ -119,11 +134,12 @@ def schedule_conv_nchw(func, lanes: int):
                 sch.vectorize(sch.split(pixels, [None, lanes])[1])
         else:
             sch.vectorize(sch.get_loops(block)[-1])
-    if at == 1:  # the padded input: one vectorized pass
+    if at == 1:  # the padded input: one vectorized pass (phase-split: written by scattered scalar stores)
         pad = sch.get_child_blocks(root)[0]
         loops = sch.get_loops(pad)
         sch.parallel(sch.fuse(*loops[:-2]))
-        sch.vectorize(loops[-1])
+        if not phases:
+            sch.vectorize(loops[-1])
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 

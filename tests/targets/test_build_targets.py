@@ -202,3 +202,37 @@ def test_host_isa_builds_for_another_x86_level(tmp_path, tiny_model):
             assert ver["status"] == "passed", ver
     with pytest.raises(UsageError, match="valid values|must be one of|isa"):
         build_for_target(tiny_model(), "host{isa=sse2}", tmp_path / "bad")
+
+
+def _strided_net(hw: int, k: int, channels: int = 8):
+    """A stride-2 k x k conv (padded: the input is phase-split into even / odd columns) and a Relu."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(hw * 10 + k)
+    w = (rng.standard_normal((channels, 3, k, k)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2], pads=[k // 2] * 4),
+             helper.make_node("Relu", ["c"], ["y"])]
+    out = (hw + 2 * (k // 2) - k) // 2 + 1
+    graph = helper.make_graph(nodes, "s2", [helper.make_tensor_value_info("x", 1, [1, 3, hw, hw])],
+                              [helper.make_tensor_value_info("y", 1, [1, channels, out, out])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@needs_aarch64_gcc
+@pytest.mark.slow
+@pytest.mark.parametrize("hw,k", [(16, 3), (15, 3), (33, 5)])
+def test_stride2_convs_read_phase_split_inputs_and_match(tmp_path, hw, k):
+    """Stride-2 convs read their padded input split into even / odd columns (contiguous vector loads, where they
+    gathered every other element): the same results on aarch64 under qemu and on this host, odd widths included."""
+    reason = runners.qemu_available("aarch64")
+    if reason:
+        pytest.skip(reason)
+    for target in ("arm{cpu=cortex-a72}", "host"):
+        section = build_for_target(_strided_net(hw, k), target, tmp_path / target[:4], verify_target=True)
+        ver = section["verification"]
+        assert ver["status"] == "passed" and ver["max_abs_err"] <= 1e-4, (target, ver)
+        assert section["schedule"]["fp32_hand_scheduled"] == 1, section["schedule"]
