@@ -74,6 +74,8 @@ def _verify_cell(record: dict) -> str:
     cell = f"cos={w.get('cosine', 1.0):.6f} max|d|={w.get('max_abs', 0.0):.3g}"
     if "top1_agreement" in w:
         cell += f" top1={w['top1_agreement']:.3f}"
+    if "score_agreement" in w:
+        cell += f" score@0.5={w['score_agreement']:.3f}"
     return cell
 
 

@@ -110,9 +110,20 @@ def _compare_one(name: str, reference: list[dict], actual: list[dict]) -> dict[s
         "max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-12)) if diff.size else 0.0,
         "cosine": round(cos, 8),
     }
+    ref_norm = float(np.linalg.norm(ref))
+    # each output on its own scale: a detector's small score output next to its large box regressors
+    m["normalized_error"] = round(float(np.linalg.norm(ref - got)) / ref_norm, 8) if ref_norm > 0 else \
+        (0.0 if not diff.size or diff.max() == 0 else float("inf"))
     if first.ndim == 2 and first.shape[1] > 1:
         m["top1_agreement"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    if ref.size and ref.min() >= 0.0 and ref.max() <= 1.0 and not np.all(np.isin(ref, (0.0, 1.0))):
+        # probabilities (sigmoid / softmax scores): which side of the detection threshold each one is on
+        m["score_agreement"] = float(np.mean((ref > SCORE_THRESHOLD) == (got > SCORE_THRESHOLD)))
     return m
+
+
+#: the threshold score outputs (values in [0, 1]) are compared at: which scores pass it before and after
+SCORE_THRESHOLD = 0.5
 
 
 def worst(metrics: dict[str, Any]) -> dict[str, float]:
@@ -127,6 +138,10 @@ def worst(metrics: dict[str, Any]) -> dict[str, float]:
         out["cosine"] = min(out.get("cosine", 1.0), m["cosine"])
         if "top1_agreement" in m:
             out["top1_agreement"] = min(out.get("top1_agreement", 1.0), m["top1_agreement"])
+        if "normalized_error" in m:
+            out["normalized_error"] = max(out.get("normalized_error", 0.0), m["normalized_error"])
+        if "score_agreement" in m:
+            out["score_agreement"] = min(out.get("score_agreement", 1.0), m["score_agreement"])
     return out
 
 

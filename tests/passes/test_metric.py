@@ -127,3 +127,24 @@ def test_builtin_metrics():
     assert detection_f1(boxes, truth) == pytest.approx(40.0)
     assert detection_f1([np.array([[0, 0, 10, 10]])], [np.array([[5, 0, 15, 10]])]) == 0.0  # IoU 1/3 < 0.5
     assert detection_f1([np.zeros((0, 4))], [np.zeros((0, 4))]) == 100.0
+
+
+def test_default_agreement_is_per_output_and_compares_scores_at_the_threshold():
+    """No metric given: each output is judged on its own scale, and score outputs by which side of 0.5 they fall
+    on — a detector whose box regressors dominate can keep cosine 0.999 while its scores flip."""
+    from compress_graph.passes.instruments import compare_outputs, worst
+
+    rng = np.random.default_rng(0)
+    boxes = rng.standard_normal((4, 100, 4)) * 100.0
+    scores = rng.uniform(0.45, 0.55, (4, 100, 1))
+    ref = [{"boxes": boxes[i:i + 1], "scores": scores[i:i + 1]} for i in range(4)]
+    got = [{"boxes": boxes[i:i + 1] * 1.001, "scores": 1.0 - scores[i:i + 1]} for i in range(4)]
+    metrics = compare_outputs(ref, got)
+    assert metrics["boxes"]["cosine"] > 0.999 and "score_agreement" not in metrics["boxes"]
+    assert metrics["scores"]["score_agreement"] < 0.1  # nearly every score crossed the threshold
+    all_outputs = np.concatenate([np.concatenate([r["boxes"].ravel(), r["scores"].ravel()]) for r in ref])
+    all_got = np.concatenate([np.concatenate([g["boxes"].ravel(), g["scores"].ravel()]) for g in got])
+    one_cosine = float(all_outputs @ all_got / np.linalg.norm(all_outputs) / np.linalg.norm(all_got))
+    assert one_cosine > 0.999  # what a single cosine over all outputs would have reported
+    w = worst(metrics)
+    assert w["score_agreement"] < 0.1 and w["normalized_error"] == metrics["scores"]["normalized_error"]
