@@ -66,7 +66,10 @@ def int8_conv_macs(onnx_path: Path) -> int:
 
 
 def measure(model: str, variant: str, cpu: str, work: Path, runs: int, seed: int = 0) -> dict:
-    src = insn.REPO / "models" / f"{model}.onnx"
+    """One row; ``model``: a bundled model's name or the path of an .onnx with static input shapes (the real
+    models of bench/accuracy: ``~/.cache/compress-graph/accuracy/models/NAME.onnx`` after its fetch.py)."""
+    src = Path(model) if model.endswith(".onnx") else insn.REPO / "models" / f"{model}.onnx"
+    model = src.stem
     path = compressed(src, variant, work, seed)
     proto = onnx.load(str(path))
     inits = {i.name for i in proto.graph.initializer}
@@ -112,7 +115,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS), help="bundled model names or .onnx paths")
     ap.add_argument("--cpus", default=",".join(CPUS))
     ap.add_argument("--variants", default="fp32,int8")
     ap.add_argument("--runs", type=int, default=3, help="counted runs after the warm-up run")
