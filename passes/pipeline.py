@@ -213,7 +213,7 @@ def run_pipeline(
         report["passes"].append(record)
     report["after"] = report["passes"][-1]["after"] if report["passes"] else report["before"]
     if ctx.accuracy is not None:
-        report["accuracy"] = _accuracy_summary(ctx.accuracy, current, report["passes"])
+        report["accuracy"] = _accuracy_summary(ctx.accuracy, report["passes"])
     report["warnings"] = list(dict.fromkeys(ctx.warnings))  # a pass re-run by --max-drop warns once
     return current, report
 
@@ -255,7 +255,7 @@ def _back_off(p: Pass, before: Model, result: PassResult, drop: float, ctx: Pass
     return res
 
 
-def _accuracy_summary(acc, model: Model, records: list[dict]) -> dict[str, Any]:
+def _accuracy_summary(acc, records: list[dict]) -> dict[str, Any]:
     last = next((r["metric"] for r in reversed(records) if "metric" in r), None)
     score = last["score"] if last else round(acc.baseline, 4)
     drop = round(acc.baseline - score, 4)
