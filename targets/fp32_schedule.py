@@ -74,7 +74,7 @@ def _copy_only(pad_block) -> bool:
     return [int(d) for d in src.shape] == [int(d) for d in dst.shape]
 
 
-def schedule_conv_nchw(func, lanes: int):
+def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ elementwise epilogue); raises if it does not fit."""
     from tvm import s_tir
 
@@ -121,7 +121,7 @@ def schedule_conv_nchw(func, lanes: int):
         flat = False
     ow_t = _width_tile(width, lanes)
     # about 8 accumulator vectors: more output channels per tile when the pixel tile is one vector
-    oc_t = _tile(int(sch.get(ff).extent), OC_T * max(1, (2 * lanes) // ow_t) if ow_t % lanes == 0 else OC_T)
+    oc_t = _tile(int(sch.get(ff).extent), oc_tile * max(1, (2 * lanes) // ow_t) if ow_t % lanes == 0 else oc_tile)
     ff_o, ff_i = sch.split(ff, [None, oc_t])
     xx_o, xx_i = sch.split(xx, [None, ow_t])
     sch.reorder(nn, ff_o, yy, xx_o, rc, ry, rx, ff_i, xx_i)
@@ -204,4 +204,5 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     lanes = isa.float_lanes(target)
     if lanes is None:
         return mod, {"scheduled": [], "failed": {}}
-    return hand_schedule(mod, (lambda f: schedule_conv_nchw(f, lanes), schedule_interleave), NotAFloatConv)
+    oc_tile = isa.float_oc_tile(target)
+    return hand_schedule(mod, (lambda f: schedule_conv_nchw(f, lanes, oc_tile), schedule_interleave), NotAFloatConv)
