@@ -13,9 +13,13 @@ OIHW weights, groups 1) gets the classic direct-conv register blocking instead:
         epilogue (bias, residual add, Relu/Clip ...) on acc, vectorized over OW_T
 
 The width of a vector comes from the target (targets/isa.float_lanes: NEON 4, AVX2 8, AVX-512 16); OW_T is two
-vectors, OC_T 4 output channels: 8 accumulator vectors, the input row loaded once per (ic, kh, kw) for 4 output
-channels. The padded input is one loop nest before the conv (vectorized). Kernels this does not fit keep what the
-caller does next (tuning records win over it; the rest get the sampled default).
+vectors, OC_T 8 output channels where the ISA has 32 vector registers (aarch64, AVX-512: 16 accumulators) and 4
+elsewhere (AVX2: 8), the input row loaded once per (ic, kh, kw) for OC_T output channels. The padded input is one
+loop nest before the conv (vectorized). Shapes that would defeat the vectors are rearranged first: a 1x1 conv at a
+width off the vector runs over the flat H*W pixel row, a stride-2 conv reads its padded input split into even and
+odd columns, and a 3-vector tile is 3 unrolled power-of-two vectors. Kernels this does not fit keep what the caller
+does next (tuning records win over it; the rest get the sampled default). A transposed conv's phase interleave gets
+a scalar copy schedule (schedule_interleave).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 
 CONV_BLOCK = "conv2d_nchw"
 PAD_BLOCK = "pad_temp"
-OC_T = 4  # output channels per register tile
+OC_T = 4  # output channels per register tile where the ISA has 16 vector registers (targets/isa.float_oc_tile)
 
 
 class NotAFloatConv(ValueError):
