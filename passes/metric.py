@@ -13,10 +13,6 @@ group ``compress_graph.metrics``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,23 +124,9 @@ def load_metric(spec: str) -> Metric:
     if not sep or not attr:
         raise UsageError(f"metric '{spec}': expected a built-in ({', '.join(BUILTIN)}), an entry point of "
                          f"{ENTRY_POINT_GROUP}, file.py:function or module:function")
-    if target.endswith(".py") or Path(target).is_file():
-        path = Path(target)
-        if not path.is_file():
-            raise UsageError(f"metric file '{target}' not found")
-        name = "compress_graph_metric_" + re.sub(r"\W", "_", path.stem)
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise UsageError(f"metric file '{target}' failed to import: {type(exc).__name__}: {exc}") from None
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:
-            raise UsageError(f"metric module '{target}' failed to import: {type(exc).__name__}: {exc}") from None
+    from compress_graph.passes.registry import import_source
+
+    module = import_source(target, "metric", "compress_graph_metric_")
     if not hasattr(module, attr):
         raise UsageError(f"metric '{spec}': '{target}' has no function '{attr}'")
     return Metric(spec, _callable(getattr(module, attr), spec))

@@ -79,13 +79,14 @@ def _pass_classes(obj) -> list[type[Pass]]:
 REGISTRY = Registry()
 
 
-def load_plugin(spec: str) -> list[str]:
-    """Load ``path/to/file.py`` or ``module:Class`` (or ``module``); register its passes; return their names."""
-    path = Path(spec)
-    if spec.endswith(".py") or path.is_file():
+def import_source(target: str, what: str, prefix: str):
+    """The module behind ``target``: a ``path/to/file.py`` (imported under ``prefix`` + its stem) or an importable
+    module name. Failures are one-line UsageErrors naming ``what`` (plugin, metric)."""
+    path = Path(target)
+    if target.endswith(".py") or path.is_file():
         if not path.is_file():
-            raise UsageError(f"plugin file '{spec}' not found")
-        mod_name = "compress_graph_plugin_" + re.sub(r"\W", "_", path.stem)
+            raise UsageError(f"{what} file '{target}' not found")
+        mod_name = prefix + re.sub(r"\W", "_", path.stem)
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module
@@ -94,14 +95,21 @@ def load_plugin(spec: str) -> list[str]:
         except UsageError:
             raise
         except Exception as exc:
-            raise UsageError(f"plugin '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
-        obj = module
+            raise UsageError(f"{what} '{target}' failed to import: {type(exc).__name__}: {exc}") from None
+        return module
+    try:
+        return importlib.import_module(target)
+    except Exception as exc:
+        raise UsageError(f"{what} module '{target}' failed to import: {type(exc).__name__}: {exc}") from None
+
+
+def load_plugin(spec: str) -> list[str]:
+    """Load ``path/to/file.py`` or ``module:Class`` (or ``module``); register its passes; return their names."""
+    if spec.endswith(".py") or Path(spec).is_file():
+        obj = import_source(spec, "plugin", "compress_graph_plugin_")
     else:
         mod_name, _, attr = spec.partition(":")
-        try:
-            obj = importlib.import_module(mod_name)
-        except Exception as exc:
-            raise UsageError(f"plugin module '{mod_name}' failed to import: {type(exc).__name__}: {exc}") from None
+        obj = import_source(mod_name, "plugin", "compress_graph_plugin_")
         if attr:
             if not hasattr(obj, attr):
                 raise UsageError(f"plugin '{spec}': module has no attribute '{attr}'")

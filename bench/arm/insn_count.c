@@ -84,13 +84,20 @@ static const char *dot_product_name(uint32_t w) {
   return NULL;
 }
 
+/* The mnemonic of disassembly `text` into `key` (room left for a 2-character suffix); returns the operands. */
+static const char *mnemonic(const char *text, char *key, size_t size, size_t *len) {
+  const char *p = text;
+  *len = 0;
+  while (*p == ' ' || *p == '\t') ++p;
+  while (*p && *p != ' ' && *p != '\t' && *len < size - 3) key[(*len)++] = *p++;
+  return p;
+}
+
 static uint16_t classify_x86(struct qemu_plugin_insn *insn) {
   char *text = qemu_plugin_insn_disas(insn);
   char key[48];
-  const char *p = text;
-  size_t len = 0;
-  while (*p == ' ' || *p == '\t') ++p;
-  while (*p && *p != ' ' && *p != '\t' && len < sizeof(key) - 3) key[len++] = *p++;
+  size_t len;
+  const char *p = mnemonic(text, key, sizeof(key), &len);
   char width = 0;
   if (strstr(p, "%zmm")) width = 'z';
   else if (strstr(p, "%ymm")) width = 'y';
@@ -114,10 +121,8 @@ static uint16_t classify(struct qemu_plugin_insn *insn) {
   }
   char *text = qemu_plugin_insn_disas(insn);
   char key[48];
-  const char *p = text;
-  size_t len = 0;
-  while (*p == ' ' || *p == '\t') ++p;
-  while (*p && *p != ' ' && *p != '\t' && len < sizeof(key) - 3) key[len++] = *p++;
+  size_t len;
+  const char *p = mnemonic(text, key, sizeof(key), &len);
   int vector = 0;
   for (const char *q = p; *q && !vector; ++q)
     if ((q[-1] == ' ' || q[-1] == ',' || q[-1] == '{') && is_vector_operand(q)) vector = 1;
