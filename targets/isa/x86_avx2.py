@@ -1,5 +1,6 @@
-"""x86 with AVX2 but without AVX-512 VNNI (Haswell to Alder Lake's P-cores without AVX-VNNI in LLVM's model, Zen 1-3,
-and AVX-512 CPUs before Cascade Lake): 8-bit products widened to 16 bits and summed in pairs by ``vpmaddwd``.
+"""x86 with AVX2 but without AVX-512 VNNI (Haswell and later, Zen 1-3, client cores whose VNNI is the 256-bit
+AVX-VNNI, which has no family of its own yet, and AVX-512 CPUs before Cascade Lake): 8-bit products widened to 16
+bits and summed in pairs by ``vpmaddwd``.
 
 The same packed layouts as the dot-product families, the weights stored as int16 (``WEIGHT_DTYPE``: widened once
 at build time, not per step); the 16x4 step (16 output channels x 4 input channels) is, per 4 output channels, one
