@@ -265,3 +265,31 @@ def mix(ops: dict[str, float]) -> dict[str, float]:
 def dot_macs(ops: dict[str, float]) -> float:
     """Multiply-accumulates done by dot-product instructions (16 int8 MACs each, 32 for the i8mm ones)."""
     return sum(v * 16 for k, v in ops.items() if k in DOT) + sum(v * 32 for k, v in ops.items() if k in MMLA)
+
+
+# ----------------------------------------------------------------------------------------------- shared by the benches
+def compressed(model_path: Path, pipeline: str, out: Path, target: str, seed: int = 0) -> Path:
+    """``model_path`` through ``pipeline`` plus the targets' ONNX passes, with ``target``'s preferences (what both
+    runtimes get), written once to ``out``."""
+    from compress_graph import load, run_pipeline, save
+    from compress_graph.targets import preferences
+
+    if not out.is_file():
+        model, _ = run_pipeline(load(model_path), pipeline + ",fold-constants,cleanup", verify=False, seed=seed,
+                                preferences=preferences(target))
+        save(model, out)
+    return out
+
+
+def seeded_inputs(proto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal float32 inputs of the model's (static) input shapes, by name."""
+    inits = {i.name for i in proto.graph.initializer}
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in proto.graph.input if i.name not in inits}
+
+
+def max_abs_diff(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    """Largest absolute difference between two runtimes' outputs (same order; ``outputs`` may be flat)."""
+    return max(float(np.max(np.abs(a.astype(np.float64) - b.reshape(a.shape)))) if a.size else 0.0
+               for a, b in zip(reference, outputs))

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 HERE = Path(__file__).resolve().parent
@@ -33,15 +32,7 @@ PIPELINES = {"fp32": "fold-bn", "int8": "fold-bn,quant", "headline": "fold-bn,pr
 
 def compressed(model_path: Path, variant: str, work: Path, seed: int = 0) -> Path:
     """The ONNX model of a variant (what both runtimes get), written once per model and variant."""
-    from compress_graph import load, run_pipeline, save
-    from compress_graph.targets import preferences
-
-    out = work / f"{model_path.stem}.{variant}.onnx"
-    if not out.is_file():
-        model, _ = run_pipeline(load(model_path), PIPELINES[variant] + ",fold-constants,cleanup", verify=False,
-                                seed=seed, preferences=preferences("arm"))
-        save(model, out)
-    return out
+    return insn.compressed(model_path, PIPELINES[variant], work / f"{model_path.stem}.{variant}.onnx", "arm", seed)
 
 
 def ours(onnx_path: Path, cpu: str, work: Path, extra: str = "") -> tuple[Path, dict]:
@@ -71,20 +62,14 @@ def measure(model: str, variant: str, cpu: str, work: Path, runs: int, seed: int
     src = Path(model) if model.endswith(".onnx") else insn.REPO / "models" / f"{model}.onnx"
     model = src.stem
     path = compressed(src, variant, work, seed)
-    proto = onnx.load(str(path))
-    inits = {i.name for i in proto.graph.initializer}
-    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
-    rng = np.random.default_rng(seed)
-    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-             for i in graph_inputs}
+    feeds = insn.seeded_inputs(onnx.load(str(path)), seed)
     t0 = time.monotonic()
     lib, section = ours(path, cpu, work / f"{model}.{variant}.{cpu}")
     build_s = time.monotonic() - t0
     mine = insn.count_library(lib, list(feeds.values()), cpu, work / f"{model}.{variant}.{cpu}.run", runs=runs)
     peer_model = src if variant == "headline" else path  # the headline compares with the uncompressed model
     peer = insn.count_onnxruntime(peer_model, feeds, cpu, work / f"{model}.{variant}.{cpu}.ort", runs=runs)
-    diff = max(float(np.max(np.abs(a.astype(np.float64) - b.reshape(a.shape)))) if a.size else 0.0
-               for a, b in zip(peer["outputs"], mine["outputs"]))
+    diff = insn.max_abs_diff(peer["outputs"], mine["outputs"])
     row = {"model": model, "variant": variant, "cpu": cpu,
            "ours_minsn": round(mine["instructions"] / 1e6, 3), "ort_minsn": round(peer["instructions"] / 1e6, 3),
            "ratio": round(mine["instructions"] / peer["instructions"], 3),

@@ -33,16 +33,8 @@ RUNNER = HERE / "runner.py"
 
 
 def compressed(name: str, variant: str, work: Path) -> Path:
-    from compress_graph import load, run_pipeline, save
-    from compress_graph.targets import preferences
-
-    out = work / f"{name}.{variant}.onnx"
-    if not out.is_file():
-        model, _ = run_pipeline(load(insn.REPO / "models" / f"{name}.onnx"),
-                                PIPELINES[variant] + ",fold-constants,cleanup", verify=False,
-                                preferences=preferences("host"))
-        save(model, out)
-    return out
+    return insn.compressed(insn.REPO / "models" / f"{name}.onnx", PIPELINES[variant],
+                           work / f"{name}.{variant}.onnx", "host")
 
 
 def count(kind: str, path: Path, inputs: list[np.ndarray], cpu: str, work: Path, runs: int) -> dict:
@@ -85,15 +77,11 @@ def measure(name: str, variant: str, cpu: str, work: Path, runs: int) -> dict:
 
     path = compressed(name, variant, work)
     proto = onnx.load(str(path))
-    inits = {i.name for i in proto.graph.initializer}
-    rng = np.random.default_rng(0)
-    inputs = [rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-              for i in proto.graph.input if i.name not in inits]
+    inputs = list(insn.seeded_inputs(proto).values())
     section = build_for_target(proto, "host{isa=avx2,cores=1}", work / f"{name}.{variant}")
     ours = count("tvm", Path(section["library"]), inputs, cpu, work / f"{name}.{variant}.tvm", runs)
     peer = count("ort", path, inputs, cpu, work / f"{name}.{variant}.ort", runs)
-    diff = max(float(np.max(np.abs(a.astype(np.float64) - b.reshape(a.shape)))) if a.size else 0.0
-               for a, b in zip(peer["outputs"], ours["outputs"]))
+    diff = insn.max_abs_diff(peer["outputs"], ours["outputs"])
     sched = section["schedule"]
     return {"model": name, "variant": variant, "cpu": cpu,
             "ours_minsn": round(ours["instructions"] / 1e6, 3), "ort_minsn": round(peer["instructions"] / 1e6, 3),
