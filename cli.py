@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 from compress_graph.ir.errors import CompressGraphError, TargetError, TimeoutExceeded, UsageError, VerificationError
+from compress_graph.passes.report import fmt_count, format_table
 
 OUR_OUTPUTS = {"model.onnx", "model.onnx.data", "report.json", "report.html", "reproducer", "ir"}
 
@@ -51,51 +52,6 @@ class _ProgressIter:
         with click.progressbar(self.iterable, length=self.total, label=f"  {self.desc}", file=sys.stderr,
                                show_pos=True) as bar:
             yield from bar
-
-
-def _fmt_int(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def _verify_cell(record: dict) -> str:
-    v = record.get("verify")
-    if not v:
-        return "-"
-    if "skipped" in v:
-        return "skipped"
-    if v.get("checker") != "ok":
-        return str(v.get("checker"))
-    w = v.get("worst", {})
-    cell = f"cos={w.get('cosine', 1.0):.6f} max|d|={w.get('max_abs', 0.0):.3g}"
-    if "top1_agreement" in w:
-        cell += f" top1={w['top1_agreement']:.3f}"
-    if "score_agreement" in w:
-        cell += f" score@0.5={w['score_agreement']:.3f}"
-    return cell
-
-
-def format_table(report: dict) -> str:
-    acc = report.get("accuracy")
-    rows = [("pass", "time", "params", "MACs", "bytes", "verify") + ((acc["metric"],) if acc else ())]
-    b = report["before"]
-    rows.append(("(input)", "", _fmt_int(b["params"]), _fmt_int(b["macs"]), _fmt_int(b["bytes"]), "")
-                + ((f"{acc['original']:.4g}",) if acc else ()))
-    for rec in report["passes"]:
-        a = rec.get("after", {})
-        text = rec.get("accuracy_control", {}).get("applied", rec["text"])
-        m = rec.get("metric")
-        rows.append((text, f"{rec.get('time_s', 0):.2f}s", _fmt_int(a.get("params")), _fmt_int(a.get("macs")),
-                     _fmt_int(a.get("bytes")), _verify_cell(rec))
-                    + ((f"{m['score']:.4g} ({-m['drop']:+.3g})" if m else "",) if acc else ()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -582,14 +538,14 @@ def inspect_cmd(model, top, as_json, input_shapes):
     at = ""
     if shapes.dynamic and not shapes.unresolved:
         at = "  (at " + ", ".join(f"{k}={','.join(map(str, v['shape']))}" for k, v in shapes.report().items()) + ")"
-    click.echo(f"  params {_fmt_int(s['params'])}  MACs {_fmt_int(s['macs'])}  bytes {_fmt_int(s['bytes'])}{at}")
+    click.echo(f"  params {fmt_count(s['params'])}  MACs {fmt_count(s['macs'])}  bytes {fmt_count(s['bytes'])}{at}")
     if note:
         click.echo(f"  {note}")
     click.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
     if heavy:
         click.echo(f"  top {len(heavy)} by MACs:")
     for c in heavy:
-        click.echo(f"    {c.name:40s} {c.op:18s} MACs {_fmt_int(c.macs):>8s}  params {_fmt_int(c.params):>8s}")
+        click.echo(f"    {c.name:40s} {c.op:18s} MACs {fmt_count(c.macs):>8s}  params {fmt_count(c.params):>8s}")
 
 
 def main(argv: list[str] | None = None) -> int:

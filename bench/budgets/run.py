@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     print("| model | pipeline | kept (target) | warned |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | `{r['pipeline']}` | {r['kept']:.3f} ({r['target']}) | {'yes' if r['warned'] else ''} |")
+        warned = 'yes' if r['warned'] else ''
+        print(f"| {r['model']} | `{r['pipeline']}` | {r['kept']:.3f} ({r['target']}) | {warned} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     return 0
