@@ -2,21 +2,21 @@
 
 Written by ``compress-graph report OUT/`` and by a run with ``--html``. Every number on the page is read from
 report.json, or counted from ``OUT/model.onnx`` and the input model with the same cost model the report uses (and
-shown only when those totals agree with report.json's). Charts are PNGs rendered here with matplotlib's Agg
-canvas and inlined as base64; the CSS is inline; there is no script and no network reference, so the file opens
-offline in any browser. What the report does not record is said so under its heading, never left out silently.
+shown only when those totals agree with report.json's). Charts are PNGs drawn with matplotlib's Agg canvas
+(report_charts.py) and inlined as base64; the CSS is inline; there is no script and no network reference, so the
+file opens offline in any browser. What the report does not record is said so under its heading, never left out
+silently.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io as _bytes_io
 import json
 from pathlib import Path
 from typing import Any
 
 from compress_graph.ir.errors import UsageError
+from compress_graph.report_charts import AFTER_COLOR, BEFORE_COLOR, PRUNE_LEVELS, Charts
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -24,11 +24,12 @@ REPORT_HTML = "report.html"
 #: (the heaviest), in graph order
 MIN_LAYER_SHARE = 0.005
 MAX_LAYERS = 30
-#: chart colours: "before" grey, "after" orange (the screenshot test looks for the orange)
-BEFORE_COLOR = "#9aa9b8"
-AFTER_COLOR = "#e8590c"
-HIGHLIGHT_COLOR = "#1c7ed6"
-PRUNE_LEVELS = (0, 25, 50, 75)  # percent of a group's channels cut at each prune sensitivity measurement
+#: the prune chart of channels kept shows at most this many groups (those cut the most, in graph order)
+MAX_PRUNE_GROUPS = 40
+#: the time-per-kernel chart shows this many kernels, heaviest first (the table lists all report.json holds)
+MAX_KERNEL_BARS = 20
+#: the tuning chart draws this many tasks' curves (the heaviest by weight x best latency)
+MAX_TUNING_TASKS = 10
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d232a}
@@ -38,7 +39,7 @@ padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}h4{font-size:13px;margin:
 section.pass{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:4px 14px 10px;margin:10px 0}
 table{border-collapse:collapse;margin:6px 0 10px;background:#fff}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
-td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eef1f4}
+td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eef1f4}td code{word-break:break-all}
 .none{color:#6a737d;font-style:italic}.bad{color:#b42318;font-weight:600}.ok{color:#1a7f37;font-weight:600}
 img{display:block;max-width:100%;height:auto;margin:6px 0}code{font-size:12px;background:#eef1f4;padding:1px 3px}
 ul{margin:4px 0 8px}nav a{margin-right:12px}
@@ -83,7 +84,7 @@ def write_html_report(out_dir: str | Path, model_path: str | Path | None = None)
 def render_html(report: dict[str, Any], out_dir: str | Path | None = None,
                 model_path: str | Path | None = None) -> str:
     """The page as a string. ``out_dir`` (holding model.onnx) and ``model_path`` enable the per-layer chart."""
-    charts = _Charts()
+    charts = Charts()
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>compress-graph report: {_e(report.get('pipeline', ''))}</title>",
@@ -96,7 +97,7 @@ def render_html(report: dict[str, Any], out_dir: str | Path | None = None,
         _per_layer(report, charts, out_dir, model_path),
         _passes(report, charts),
         _target(report.get("target"), charts),
-        _tuning(report.get("target")),
+        _tuning(report.get("target"), charts),
         "</main></body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -156,6 +157,11 @@ def _kv_table(items: dict[str, Any], key_prefix: str) -> str:
     return _table(["stat", "value"], rows) if rows else ""
 
 
+def _items(v: Any) -> list:
+    """A recorded list, or nothing (a hand-edited or foreign report.json may hold anything)."""
+    return v if isinstance(v, list) else []
+
+
 def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
@@ -174,71 +180,6 @@ def _change(before: Any, after: Any) -> str:
     return f'<td class="n">{(after - before) / before * 100:+.1f} %</td>'
 
 
-# --------------------------------------------------------------------------------------------- charts
-class _Charts:
-    """matplotlib figures on the Agg canvas (no pyplot, no global backend switch) as inline PNG ``<img>`` tags."""
-
-    def __init__(self) -> None:
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise UsageError("the HTML report needs matplotlib (pip install matplotlib)") from None
-        self._figure = Figure
-
-    def figure(self, width: float, height: float, cols: int = 1):
-        """A figure and its ``cols`` side-by-side axes (one axes object for ``cols=1``)."""
-        fig = self._figure(figsize=(width, height), dpi=96)
-        axes = [fig.add_subplot(1, cols, k + 1) for k in range(cols)]
-        return fig, axes[0] if cols == 1 else axes
-
-    @staticmethod
-    def img(fig, alt: str) -> str:
-        buf = _bytes_io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
-        return f'<img class="chart" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-    def before_after(self, labels: list[str], before: list[float], after: list[float], title: str,
-                     xlabel: str) -> str:
-        """Horizontal bars, one pair per label (top to bottom in the given order)."""
-        import numpy as np
-
-        height = max(2.2, 0.34 * len(labels) + 1.2)
-        fig, ax = self.figure(10, height)
-        y = np.arange(len(labels))
-        ax.barh(y - 0.2, before, height=0.4, color=BEFORE_COLOR, label="before")
-        ax.barh(y + 0.2, after, height=0.4, color=AFTER_COLOR, label="after")
-        ax.set_yticks(y, labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_title(title, fontsize=11)
-        ax.legend(loc="lower right", fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-        return self.img(fig, title)
-
-    def bars(self, labels: list[str], values: list[float], title: str, xlabel: str,
-             highlight: set[str] | None = None, highlight_label: str = "") -> str:
-        import numpy as np
-
-        height = max(2.0, 0.3 * len(labels) + 1.2)
-        fig, ax = self.figure(10, height)
-        y = np.arange(len(labels))
-        colors = [HIGHLIGHT_COLOR if highlight and lab in highlight else BEFORE_COLOR for lab in labels]
-        ax.barh(y, values, height=0.6, color=colors)
-        ax.set_yticks(y, labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_title(title, fontsize=11)
-        ax.grid(axis="x", alpha=0.3)
-        if highlight:
-            from matplotlib.patches import Patch
-
-            ax.legend(handles=[Patch(color=HIGHLIGHT_COLOR, label=highlight_label),
-                               Patch(color=BEFORE_COLOR, label="other")], loc="lower right", fontsize=8)
-        return self.img(fig, title)
-
-
 # --------------------------------------------------------------------------------------------- sections
 def _summary(report: dict[str, Any], model_path: str | Path | None) -> str:
     out = ['<h2 id="summary">Summary</h2>']
@@ -253,7 +194,7 @@ def _summary(report: dict[str, Any], model_path: str | Path | None) -> str:
     ]
     target = report.get("target")
     if isinstance(target, dict):
-        check = target.get("verification") or {}
+        check = target.get("verification") if isinstance(target.get("verification"), dict) else {}
         rows.append(["<td>target</td>", f"<td>{_e(target.get('target_text', target.get('target', '')))} - "
                      f"verification: {_e(check.get('status', 'not recorded'))}</td>"])
     else:
@@ -317,7 +258,7 @@ def _pass_label(record: dict[str, Any], i: int) -> str:
     return f"{i + 1}. {text}"
 
 
-def _cost_per_pass(report: dict[str, Any], charts: _Charts) -> str:
+def _cost_per_pass(report: dict[str, Any], charts: Charts) -> str:
     out = ['<h2 id="cost">Cost per pass</h2>']
     passes = [r for r in report["passes"] if isinstance(r, dict)]
     labels = ["(input)"] + [_pass_label(r, i) for i, r in enumerate(passes)]
@@ -354,7 +295,7 @@ def _lowrank_expansion(report: dict[str, Any]) -> dict[str, list[str]]:
     return mapping
 
 
-def _per_layer(report: dict[str, Any], charts: _Charts, out_dir: str | Path | None,
+def _per_layer(report: dict[str, Any], charts: Charts, out_dir: str | Path | None,
                model_path: str | Path | None) -> str:
     out = ['<h2 id="layers">Per layer: MACs before and after</h2>']
     if model_path is None:
@@ -415,7 +356,7 @@ def _per_layer(report: dict[str, Any], charts: _Charts, out_dir: str | Path | No
     return "\n".join(out)
 
 
-def _passes(report: dict[str, Any], charts: _Charts) -> str:
+def _passes(report: dict[str, Any], charts: Charts) -> str:
     out = ['<h2 id="passes">Passes</h2>']
     passes = report["passes"]
     if not passes:
@@ -455,14 +396,15 @@ def _passes(report: dict[str, Any], charts: _Charts) -> str:
     return "\n".join(out)
 
 
-def _pass_section(i: int, record: dict[str, Any], charts: _Charts) -> str:
+def _pass_section(i: int, record: dict[str, Any], charts: Charts) -> str:
     stats = record.get("stats") if isinstance(record.get("stats"), dict) else {}
     out = [f'<section class="pass" id="pass-{i + 1}"><h3>{_e(_pass_label(record, i))}</h3>']
     shown: set[str] = set()  # stats drawn above the generic table
     sens = stats.get("sensitivity")
-    if isinstance(sens, dict) and sens and all(isinstance(v, list) for v in sens.values()):
+    prune_sens = isinstance(sens, dict) and sens and all(isinstance(v, list) for v in sens.values())
+    if prune_sens or _prune_cuts(stats):
         out.append(_prune_charts(i, stats, charts))
-        shown.add("sensitivity")
+        shown.update(k for k, ok in (("sensitivity", prune_sens), ("cuts", _prune_cuts(stats))) if ok)
     if isinstance(stats.get("layers"), list):
         out.append(_lowrank_charts(i, stats, charts))
         shown.add("layers")
@@ -487,31 +429,60 @@ def _pass_section(i: int, record: dict[str, Any], charts: _Charts) -> str:
     return "\n".join(out)
 
 
-def _prune_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
-    out = ["<h4>Sensitivity per channel group</h4>"]
-    sens = stats["sensitivity"]
-    full = {g: v for g, v in sens.items() if len(v) == len(PRUNE_LEVELS) and all(_is_num(x) for x in v)}
-    if full:
-        fig, ax = charts.figure(10, 4.2)
-        for g, errors in full.items():
-            ax.plot(PRUNE_LEVELS, errors, marker="o", label=g)
-        ax.set_xticks(PRUNE_LEVELS, [f"{p} %" for p in PRUNE_LEVELS])
-        ax.set_xlabel("channels of the group cut")
-        ax.set_ylabel("model output error")
-        ax.set_title("prune sensitivity: output error when one group is cut", fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(full) > 8 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        out.append(charts.img(fig, "prune sensitivity curves"))
-    rows = [[f"<td>{_e(g)}</td>"] + [_cell(x) for x in v] + ["<td></td>"] * (len(PRUNE_LEVELS) - len(v))
-            for g, v in sens.items() if isinstance(v, list)]
-    out.append(_table(["group"] + [f"{p} % cut" for p in PRUNE_LEVELS], rows))
-    if len(full) < len(sens):
-        out.append(_none(f"{len(sens) - len(full)} group(s) too small for every measurement are in the table only."))
-    out.append(_none("The cut chosen per group is not recorded (only the total: units_removed)."))
+def _prune_cuts(stats: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(index in report.json, entry) of the prune pass's ``cuts`` entries that carry every number drawn."""
+    cuts = stats.get("cuts")
+    keys = ("channels", "kept", "units", "units_cut")
+    return [(k, c) for k, c in enumerate(cuts) if isinstance(c, dict) and all(_is_num(c.get(x)) for x in keys)
+            and c["units"] > 0] if isinstance(cuts, list) else []
+
+
+def _prune_charts(i: int, stats: dict[str, Any], charts: Charts) -> str:
+    out = []
+    cuts = _prune_cuts(stats)
+    chosen = {str(c.get("group")): 100.0 * c["units_cut"] / c["units"] for _, c in cuts}
+    sens = stats.get("sensitivity")
+    if isinstance(sens, dict) and sens and all(isinstance(v, list) for v in sens.values()):
+        out.append("<h4>Sensitivity per channel group</h4>")
+        full = {g: v for g, v in sens.items() if len(v) == len(PRUNE_LEVELS) and all(_is_num(x) for x in v)}
+        if full:
+            out.append(charts.sensitivity(full, {g: x for g, x in chosen.items() if g in full}))
+        rows = [[f"<td>{_e(g)}</td>"] + [_cell(x) for x in v] + ["<td></td>"] * (len(PRUNE_LEVELS) - len(v))
+                + [f'<td class="n">{chosen[g]:.1f} %</td>' if g in chosen else '<td class="none">-</td>']
+                for g, v in sens.items()]
+        out.append(_table(["group"] + [f"{p} % cut" for p in PRUNE_LEVELS] + ["chosen cut"], rows))
+        if len(full) < len(sens):
+            out.append(_none(f"{len(sens) - len(full)} group(s) too small for every measurement are in the table "
+                             "only."))
+        out.append(_none("A star marks the cut the allocation chose per group (units cut / units), on the curve "
+                         "between the measured points, past 75 % on the last segment's line." if cuts else
+                         "The cut chosen per group is not recorded in this report (only the total: units_removed)."))
+    if cuts:
+        out.append(_prune_kept(i, cuts, charts))
     return "\n".join(out)
 
 
-def _lowrank_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
+def _prune_kept(i: int, cuts: list[tuple[int, dict[str, Any]]], charts: Charts) -> str:
+    """Channels per group before and kept: a chart (the groups cut the most, at most MAX_PRUNE_GROUPS) and a table."""
+    out = ["<h4>Channels kept per prune group</h4>"]
+    shown = [c for _, c in cuts]
+    if len(shown) > MAX_PRUNE_GROUPS:
+        most = sorted(range(len(shown)), key=lambda k: shown[k]["kept"] - shown[k]["channels"])[:MAX_PRUNE_GROUPS]
+        shown = [shown[k] for k in sorted(most)]
+        out.append(_none(f"The chart shows the {MAX_PRUNE_GROUPS} groups cut the most of {len(cuts)}; the table "
+                         "lists all."))
+    out.append(charts.before_after([str(c.get("group")) for c in shown], [c["channels"] for c in shown],
+                                   [c["kept"] for c in shown], "channels per prune group (its widest tensor)",
+                                   "channels"))
+    rows = [[f"<td>{_e(c.get('group'))}</td>", _cell(c["channels"], f"passes.{i}.stats.cuts.{k}.channels"),
+             _cell(c["kept"], f"passes.{i}.stats.cuts.{k}.kept"), _change(c["channels"], c["kept"]),
+             _cell(c["units_cut"], f"passes.{i}.stats.cuts.{k}.units_cut"),
+             _cell(c["units"], f"passes.{i}.stats.cuts.{k}.units")] for k, c in cuts]
+    out.append(_table(["group", "channels", "kept", "change", "units cut", "units"], rows))
+    return "\n".join(out)
+
+
+def _lowrank_charts(i: int, stats: dict[str, Any], charts: Charts) -> str:
     out = []
     layers = [x for x in stats["layers"] if isinstance(x, dict) and _is_num(x.get("macs_before"))
               and _is_num(x.get("macs_after"))]
@@ -538,18 +509,18 @@ def _lowrank_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
     return "\n".join(out)
 
 
-def _quant_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
+def _quant_charts(i: int, stats: dict[str, Any], charts: Charts) -> str:
     """int8 vs float: the counts, and every node kept in float with the reason the report gives."""
     reasons: dict[str, str] = {}
-    for name in stats.get("float_head") or []:
+    for name in _items(stats.get("float_head")):
         reasons[str(name)] = "keep_head: the model's last layer stays float"
     mixed = stats.get("mixed_precision") if isinstance(stats.get("mixed_precision"), dict) else {}
     control = stats.get("accuracy_control") if isinstance(stats.get("accuracy_control"), dict) else {}
-    for name in mixed.get("float_layers") or []:
+    for name in _items(mixed.get("float_layers")):
         reasons[str(name)] = f"mixed precision: quant{{budget={mixed.get('budget')}}} (output drop)"
-    for name in control.get("float_layers") or []:
+    for name in _items(control.get("float_layers")):
         reasons[str(name)] = f"--max-drop {control.get('max_drop')} ({control.get('metric', 'task metric')})"
-    for name in stats.get("excluded") or []:
+    for name in _items(stats.get("excluded")):
         reasons.setdefault(str(name), "exclude= option")
     skipped = stats.get("skipped") if isinstance(stats.get("skipped"), dict) else {}
     for name, why in skipped.items():
@@ -583,7 +554,7 @@ def _quant_charts(i: int, stats: dict[str, Any], charts: _Charts) -> str:
     return "\n".join(out)
 
 
-def _target(target: Any, charts: _Charts) -> str:
+def _target(target: Any, charts: Charts) -> str:
     out = ['<h2 id="target">Target</h2>']
     if not isinstance(target, dict):
         out.append(_none("not recorded (the run had no --target)"))
@@ -622,7 +593,7 @@ def _target(target: Any, charts: _Charts) -> str:
         out.append(_kv_table(sched, "target.schedule"))
     else:
         out.append(_none("not recorded"))
-    out.append(_none("Time per kernel: not recorded (the report holds no per-kernel profile)."))
+    out.append(_kernel_times(target, charts))
 
     int8 = target.get("int8")
     out.append("<h3>int8 lowering</h3>")
@@ -635,7 +606,54 @@ def _target(target: Any, charts: _Charts) -> str:
     return "\n".join(out)
 
 
-def _tuning(target: Any) -> str:
+def _share(value: Any) -> str:
+    return f'<td class="n">{value * 100:.1f} %</td>' if _is_num(value) else '<td class="none">-</td>'
+
+
+def _kernel_times(target: dict[str, Any], charts: Charts) -> str:
+    """``target.profile`` (--profile): run time, a chart of the heaviest kernels and a table of all recorded; without
+    one, why not, and the kernel list with each kernel's schedule source (``target.kernel_schedules``)."""
+    out = ["<h3>Time per kernel</h3>"]
+    prof = target.get("profile") if isinstance(target.get("profile"), dict) else {}
+    kernels = [(k, r) for k, r in enumerate(prof.get("kernels") or []) if isinstance(r, dict)
+               and _is_num(r.get("total_us"))] if isinstance(prof.get("kernels"), list) else []
+    if prof.get("status") == "measured" and kernels:
+        out.append(f"<p>{_e(prof.get('method', ''))}. Microseconds per inference; the whole run is the mean of "
+                   f"{_e(prof.get('runs'))} runs without the hook, VM builtin calls (allocation, shape checks) are "
+                   "counted, not timed.</p>")
+        keys = ("run_us", "kernels_us", "kernel_count", "untimed_calls")
+        out.append(_table(["whole run (us)", "sum of kernels (us)", "kernels called", "VM builtin calls"],
+                          [[_cell(prof.get(k), f"target.profile.{k}") for k in keys]]))
+        top = [r for _, r in kernels[:MAX_KERNEL_BARS]]
+        out.append(charts.kernel_times([str(r.get("name")) for r in top], [r["total_us"] for r in top],
+                                       [str(r.get("schedule", "")) for r in top],
+                                       f"time per kernel: the {len(top)} heaviest"))
+        rows = [[f"<td><code>{_e(r.get('name'))}</code></td>", f"<td>{_e(r.get('schedule', ''))}</td>",
+                 _cell(r.get("calls"), f"target.profile.kernels.{k}.calls"),
+                 _cell(r["total_us"], f"target.profile.kernels.{k}.total_us"),
+                 _cell(r.get("mean_us"), f"target.profile.kernels.{k}.mean_us"), _share(r.get("share"))]
+                for k, r in kernels]
+        other = prof.get("other_kernels")
+        if isinstance(other, dict):
+            rows.append([f"<td>({_e(other.get('kernels'))} more kernels)</td>", "<td></td>", "<td></td>",
+                         _cell(other.get("total_us"), "target.profile.other_kernels.total_us"), "<td></td>",
+                         _share(other.get("share"))])
+        out.append(_table(["kernel", "schedule", "calls", "total (us)", "per call (us)", "share"], rows))
+        return "\n".join(out)
+    if prof.get("reason"):
+        status = prof.get("status", "not measured")
+        out.append(_none(prof["reason"] if status == "not measured" else f"{status}: {prof['reason']}"))
+    else:
+        out.append(_none("not recorded (time each kernel with --profile on a --target host build)"))
+    sources = target.get("kernel_schedules")
+    if isinstance(sources, dict) and sources:
+        out.append(f"<p>The library's {len(sources)} kernels and where each one's schedule came from:</p>")
+        out.append(_table(["kernel", "schedule"], [[f"<td><code>{_e(n)}</code></td>", f"<td>{_e(src)}</td>"]
+                                                   for n, src in sources.items()]))
+    return "\n".join(out)
+
+
+def _tuning(target: Any, charts: Charts) -> str:
     out = ['<h2 id="tuning">Tuning</h2>']
     tuning = target.get("tuning") if isinstance(target, dict) else None
     if not isinstance(tuning, dict) or not tuning:
@@ -643,6 +661,56 @@ def _tuning(target: Any) -> str:
         return "\n".join(out)
     if not tuning.get("trials_per_task"):
         out.append(_none("no tuning ran (--tune 0); kernels come from hand schedules, records or defaults"))
-    out.append(_kv_table(tuning, "target.tuning"))
-    out.append(_none("Best latency vs trials: not recorded (the report keeps tuning totals only)."))
+    out.append(_kv_table({k: v for k, v in tuning.items() if k != "curve"}, "target.tuning"))
+    if not tuning.get("trials_per_task"):
+        return "\n".join(out)
+    out.append("<h3>Best latency vs trials</h3>")
+    curve = tuning.get("curve")
+    if tuning.get("tasks") == 0:
+        out.append(_none("no kernel was left to tune (every kernel had a hand schedule)"))
+    elif not isinstance(curve, dict) or not isinstance(curve.get("points"), list):
+        out.append(_none("not recorded (this report keeps tuning totals only)"))
+    elif not curve["points"]:
+        out.append(_none("no batch of trials was measured"))
+    else:
+        out.append(_tuning_curve(curve, charts))
     return "\n".join(out)
+
+
+def _tuning_curve(curve: dict[str, Any], charts: Charts) -> str:
+    """``target.tuning.curve``: one point per measured batch. A chart (the weighted sum once every task has a
+    candidate; the heaviest tasks' best so far) and per task its trials, first and final best."""
+    tasks = [t if isinstance(t, dict) else {} for t in _items(curve.get("tasks"))]
+    points = [(k, p) for k, p in enumerate(curve["points"]) if isinstance(p, dict) and _is_num(p.get("trials"))
+              and isinstance(p.get("task"), int) and 0 <= p["task"] < len(tasks)]
+    per_task: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for k, p in points:
+        per_task.setdefault(p["task"], []).append((k, p))
+    model = [(p["trials"], p["model_us"]) for _, p in points if _is_num(p.get("model_us"))]
+
+    def final(t: int) -> float:
+        best = [p["best_us"] for _, p in per_task[t] if _is_num(p.get("best_us"))]
+        weight = tasks[t].get("weight")
+        return (best[-1] if best else 0.0) * (weight if _is_num(weight) else 1.0)
+
+    heavy = sorted(per_task, key=lambda t: -final(t))[:MAX_TUNING_TASKS]
+    lines = {str(tasks[t].get("name", t)): [(p["trials"], p["best_us"]) for _, p in per_task[t]
+                                            if _is_num(p.get("best_us"))] for t in sorted(heavy)}
+    out = [charts.tuning_curve(model, lines)]
+    if model:
+        k, last = [(k, p) for k, p in points if _is_num(p.get("model_us"))][-1]
+        out.append(_table(["after trials", "tuned kernels, weighted sum of best (us)"],
+                          [[_cell(last["trials"], f"target.tuning.curve.points.{k}.trials"),
+                            _cell(last["model_us"], f"target.tuning.curve.points.{k}.model_us")]]))
+    rows = [_tuning_task_row(t, tasks[t], per_task[t]) for t in sorted(per_task)]
+    out.append(_table(["task", "weight", "trials", "first best (us)", "final best (us)"], rows))
+    return "\n".join(out)
+
+
+def _tuning_task_row(t: int, task: dict[str, Any], points: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    measured = [(k, p) for k, p in points if _is_num(p.get("best_us"))]
+    trials = sum(p["batch_trials"] for _, p in points if _is_num(p.get("batch_trials")))
+    best = [_cell(p["best_us"], f"target.tuning.curve.points.{k}.best_us") for k, p in (measured[0], measured[-1])] \
+        if measured else ['<td class="none">no valid candidate</td>'] * 2
+    return [f"<td><code>{_e(task.get('name', t))}</code></td>",
+            _cell(task.get("weight"), f"target.tuning.curve.tasks.{t}.weight"), _cell(trials), *best]

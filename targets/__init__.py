@@ -51,13 +51,14 @@ def build_for_target(onnx_model: onnx.ModelProto, target_text: str, out_dir: Pat
                      tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
                      sample_inputs: list[dict[str, np.ndarray]] | None = None,
                      time_budget_s: float | None = None, progress=None, int8: bool = True,
-                     input_shapes: dict[str, dict] | None = None) -> dict[str, Any]:
+                     input_shapes: dict[str, dict] | None = None, profile: bool = False) -> dict[str, Any]:
     """Build ``onnx_model`` for ``target_text`` into ``out_dir/<target>/`` (model.so, model.json, tuning/).
 
     Returns the report section. Raises UsageError (exit 2) for an unknown target/option and TargetError (exit 5)
     when import, tuning or build fails. A failed on-target comparison is *not* raised: it is reported as
     ``section["verification"]["status"] == "failed"`` so the caller can write the report, then exit 4.
     ``int8``: lower QDQ models to integer kernels on CPU targets (targets/int8); off = float fake-quant.
+    ``profile``: time each kernel on this machine into ``section["profile"]`` (host only; other targets get a note).
     """
     from compress_graph.ir.errors import UsageError
     from compress_graph.targets.build import build
@@ -76,4 +77,4 @@ def build_for_target(onnx_model: onnx.ModelProto, target_text: str, out_dir: Pat
                           "(a board, or a qemu/board RPC server registered at the tracker)")
     return build(spec, onnx_model, Path(out_dir), tune_trials=tune_trials, tuning_db=tuning_db, rpc=rpc,
                  verify_target=verify_target, sample_inputs=sample_inputs, time_budget_s=time_budget_s,
-                 progress=progress, int8=int8, input_shapes=input_shapes)
+                 progress=progress, int8=int8, input_shapes=input_shapes, profile=profile)

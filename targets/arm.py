@@ -34,6 +34,11 @@ OPTIONS = {
                       ("strip", "keep")),
 }
 
+#: why ``--profile`` has no per-kernel time for this target (targets/kernel_profile.py)
+PROFILE_NOTE = ("per-kernel time is not measured for arm: the library runs on the board, or under qemu-aarch64 where "
+                "time is the emulator's. Executed instructions per kernel under qemu: bench/arm (python "
+                "bench/arm/run.py; libraries built with arm{symbols=keep}, results.json ours_functions)")
+
 
 def tvm_target(options: dict[str, str]):
     import tvm

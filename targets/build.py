@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 from compress_graph.ir.errors import TargetError
-from compress_graph.targets import frontend, schedule, toolchain, tuning
+from compress_graph.targets import frontend, kernel_profile, schedule, toolchain, tuning
 from compress_graph.targets.base import TargetSpec
 
 LIB_NAME = "model.so"
@@ -52,16 +52,17 @@ def apply_database(mod, target, db_dir: Path):
 
 
 def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str,
-                requant: str = "fixed") -> tuple[dict[str, Any], float]:
+                requant: str = "fixed") -> tuple[dict[str, Any], list[float]]:
     """QDQ models on CPU targets: integer kernels via targets/int8 (issue 8). Returns its stats (with the new
-    module under "module") and the comparison tolerance it implies: one output quantization step, since
-    integer requantization and onnxruntime's QDQ arithmetic may round the last step differently."""
+    module under "module") and the comparison tolerance per graph output it implies: one quantization step of
+    the output's 8-bit source, since integer requantization and onnxruntime's QDQ arithmetic may round a step
+    differently (an output whose step is not known gets the largest known one)."""
     if device != "cpu":
-        return {}, 0.0
+        return {}, []
     from compress_graph.targets import int8 as int8_lowering
 
     if not int8_lowering.has_qdq(mod):
-        return {}, 0.0
+        return {}, []
     from compress_graph.targets.int8.build import prepare_for_tuning
 
     try:
@@ -71,8 +72,16 @@ def _lower_int8(mod, target, onnx_model: onnx.ModelProto, device: str,
         prepare_for_tuning(target)  # VNNI intrinsic fix, before MetaSchedule (sampling or tuning) sees the target
     except Exception as exc:
         raise TargetError(f"int8 lowering for {target.kind.name} failed: {_first_line(exc)}") from None
-    scales = [s for s in _output_scales(onnx_model) if s == s]  # drop NaN (outputs not from DequantizeLinear)
-    return {**stats, "module": lowered}, 1.001 * max(scales, default=0.0)
+    scales = _output_scales(onnx_model)
+    largest = max((s for s in scales if s == s), default=0.0)  # NaN: the output's step is not known
+    return {**stats, "module": lowered}, [1.001 * (s if s == s else largest) for s in scales]
+
+
+#: ops between an output and its 8-bit source that move no element by more than its input moved (not Softmax
+#: behind a classifier: one step on every input of the classifier would allow any probability; such outputs keep
+#: the float tolerance and are judged against the rounding noise)
+_STEP_KEEPING_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
+                     "Sigmoid", "Relu", "Tanh", "Clip")
 
 
 def _output_scales(model: onnx.ModelProto) -> list[float]:
@@ -80,8 +89,9 @@ def _output_scales(model: onnx.ModelProto) -> list[float]:
 
     A DequantizeLinear output: its scale. A float Gemm/MatMul/Conv of a dequantized input and constant
     weights (a classifier or detection head left in float): one step on every input element moves output j
-    by at most ``scale * sum_i |W[i, j]|`` (for a conv: over output channel j's kernel). Shape-only ops in
-    between do not change it.
+    by at most ``scale * sum_i |W[i, j]|`` (for a conv: over output channel j's kernel). Shape-only ops
+    (Reshape, Transpose, ...) and activations that never widen a difference (Sigmoid, Relu, Tanh, Clip) in
+    between keep the bound.
     """
     from onnx import numpy_helper
 
@@ -90,7 +100,7 @@ def _output_scales(model: onnx.ModelProto) -> list[float]:
 
     def source(name: str):
         node = producers.get(name)
-        while node is not None and node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
+        while node is not None and node.op_type in _STEP_KEEPING_OPS:
             node = producers.get(node.input[0])
         return node
 
@@ -164,28 +174,95 @@ def random_feeds(inputs: list[frontend.TensorSig], n: int = 2, seed: int = 0) ->
     return feeds
 
 
+#: how far the rounding-noise reference moves every quantization boundary (relative): float32 arithmetic, which the
+#: reference runs in, and exact integer arithmetic, which the library runs, disagree about that much on where a value
+#: lies, so an element this close to a boundary may round either way in a correct library
+NOISE_NUDGE = 1e-6
+#: a library whose error exceeds one step on some element passes if it stays within this factor of the rounding noise
+#: (the noise is itself one sample of a random walk; a lowering bug is orders of magnitude beyond it)
+NOISE_FACTOR = 2.0
+
+
 def compare(onnx_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], got: list[list[np.ndarray]],
-            outputs: list[frontend.TensorSig], atol: float = ATOL) -> dict[str, Any]:
-    """Max abs/rel error against onnxruntime; passes when every element satisfies |a-b| <= atol + RTOL*|b|."""
+            outputs: list[frontend.TensorSig], atol: float | list[float] = ATOL,
+            rounding_noise: bool = False) -> dict[str, Any]:
+    """Max abs/rel error against onnxruntime; passes when every element satisfies |a-b| <= atol + RTOL*|b|
+    (``atol`` per output, or one for all).
+
+    ``rounding_noise`` (int8 libraries): a one-step difference in an early layer legitimately grows through later
+    ones (a 3x3 depthwise conv with large weights turns one input step into dozens of output steps), so deep
+    models differ from the float32 QDQ reference by a few output steps although every op is within one step.
+    An output over the element bound then passes if its rms error stays within NOISE_FACTOR of how far the
+    reference itself moves when every quantization boundary is nudged by NOISE_NUDGE (both directions), and its
+    max error within NOISE_FACTOR of that plus the element bound."""
     from compress_graph.ir import runtime
 
     sess = runtime.session(onnx_model)
-    worst_abs = worst_rel = 0.0
-    ok = True
-    per_output = {o.name: 0.0 for o in outputs}
+    names = [o.name for o in outputs]
+    atols = [max(ATOL, a) for a in atol] if isinstance(atol, list) else [max(ATOL, atol)] * len(outputs)
+    diffs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    refs = []
+    worst_rel = 0.0
     for feed, values in zip(feeds, got):
-        ref = sess.run([o.name for o in outputs], feed)
+        ref = sess.run(names, feed)
         if len(values) != len(ref):
             raise TargetError(f"the library returned {len(values)} outputs, the ONNX model {len(ref)}")
-        for sig, a, b in zip(outputs, values, ref):
-            a = np.asarray(a, dtype=np.float64).reshape(b.shape)
-            diff = np.abs(a - b)
-            worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
+        refs.append(ref)
+        for name, a, b in zip(names, values, ref):
+            diff = np.abs(np.asarray(a, dtype=np.float64).reshape(b.shape) - b)
+            diffs[name].append(diff)
             worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(b), 1e-12)).max(initial=0.0)))
-            per_output[sig.name] = max(per_output[sig.name], float(diff.max(initial=0.0)))
-            ok = ok and bool(np.all(diff <= atol + RTOL * np.abs(b)))
-    return {"status": "passed" if ok else "failed", "samples": len(feeds), "max_abs_err": worst_abs,
-            "max_rel_err": worst_rel, "per_output_max_abs_err": per_output, "atol": atol, "rtol": RTOL}
+    per_output = {n: max((float(d.max(initial=0.0)) for d in diffs[n]), default=0.0) for n in names}
+    over = [n for k, (n, tol) in enumerate(zip(names, atols))
+            if not all(np.all(d <= tol + RTOL * np.abs(r[k])) for d, r in zip(diffs[n], refs))]
+    result: dict[str, Any] = {
+        "status": "passed" if not over else "failed", "samples": len(feeds),
+        "max_abs_err": max(per_output.values(), default=0.0), "max_rel_err": worst_rel,
+        "per_output_max_abs_err": per_output, "atol": max(atols, default=ATOL),
+        **({"per_output_atol": dict(zip(names, atols))} if len(set(atols)) > 1 else {}), "rtol": RTOL}
+    if over and rounding_noise:
+        noise = _rounding_noise(onnx_model, feeds, refs, names)
+        judged = {}
+        for n in over:
+            err = np.concatenate([d.ravel() for d in diffs[n]])
+            lib = {"max": float(err.max(initial=0.0)), "rms": float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0}
+            tol = atols[names.index(n)]
+            within = (lib["max"] <= NOISE_FACTOR * noise[n]["max"] + tol
+                      and lib["rms"] <= NOISE_FACTOR * noise[n]["rms"] + ATOL)
+            judged[n] = {"library_max": lib["max"], "library_rms": lib["rms"], "noise_max": noise[n]["max"],
+                         "noise_rms": noise[n]["rms"], "within": within}
+        result["rounding_noise"] = {"nudge": NOISE_NUDGE, "factor": NOISE_FACTOR, "outputs": judged}
+        if all(j["within"] for j in judged.values()):
+            result["status"] = "passed"
+            result["passed_by"] = "rounding noise"
+    return result
+
+
+def _rounding_noise(onnx_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                    refs: list[list[np.ndarray]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Per output, max and rms of how far the QDQ reference moves when every QuantizeLinear scale is scaled by
+    1 +- NOISE_NUDGE (elements near a rounding boundary flip, as exact integer arithmetic may flip them)."""
+    from compress_graph.ir import runtime
+    from onnx import numpy_helper
+
+    scale_names = {n.input[1] for n in onnx_model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 1}
+    errs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sign in (1.0, -1.0):
+        nudged = onnx.ModelProto()
+        nudged.CopyFrom(onnx_model)
+        for init in nudged.graph.initializer:
+            if init.name in scale_names and init.data_type == onnx.TensorProto.FLOAT:
+                value = numpy_helper.to_array(init).astype(np.float64) * (1.0 + sign * NOISE_NUDGE)
+                init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), init.name))
+        sess = runtime.session(nudged)
+        for feed, ref in zip(feeds, refs):
+            for name, a, b in zip(names, sess.run(names, feed), ref):
+                errs[name].append(np.abs(np.asarray(a, np.float64) - b).ravel())
+    out = {}
+    for name, parts in errs.items():
+        err = np.concatenate(parts) if parts else np.zeros(1)
+        out[name] = {"max": float(err.max(initial=0.0)), "rms": float(np.sqrt(np.mean(err ** 2)))}
+    return out
 
 
 def jsonable(value):
@@ -226,9 +303,11 @@ def versions() -> dict[str, str]:
 def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_trials: int = 0,
           tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
           sample_inputs: list[dict[str, np.ndarray]] | None = None, time_budget_s: float | None = None,
-          progress=None, int8: bool = True, input_shapes: dict[str, dict] | None = None) -> dict[str, Any]:
+          progress=None, int8: bool = True, input_shapes: dict[str, dict] | None = None,
+          profile: bool = False) -> dict[str, Any]:
     """``input_shapes``: ``{input: {"shape": dims, "declared": ..., "from": ...}}`` for the model's dynamic inputs
-    (the pipeline report's ``input_shapes``); the library is built for those shapes and model.json records them."""
+    (the pipeline report's ``input_shapes``); the library is built for those shapes and model.json records them.
+    ``profile``: time each kernel of the library on this machine (targets/kernel_profile.py; report only)."""
     import tvm
     from tvm import relax
 
@@ -247,7 +326,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     say(f"{spec.text()}: importing the ONNX model into TVM Relax")
     mod = frontend.to_relax(onnx_model)
     int8_report, int8_atol = _lower_int8(mod, target, onnx_model, module.DEVICE,
-                                         options.get("requant", "fixed")) if int8 else ({}, 0.0)
+                                         options.get("requant", "fixed")) if int8 else ({}, [])
     if int8_report.get("converted"):
         mod = int8_report.pop("module")
         say(f"{spec.text()}: QDQ lowered to integer ops ({int8_report['converted']} converted, "
@@ -286,6 +365,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     tuned = sum(1 for f in kernels if schedule.is_scheduled(f))
     before_defaults = mod.clone()  # to fall back to, kernel by kernel, if a default schedule does not build
     hand: dict[str, Any] = {"scheduled": [], "failed": {}}
+    fhand: dict[str, Any] = {"scheduled": [], "failed": {}}
     if hand_schedules:  # kernels without a tuning record
         mod, hand = schedule_int8_kernels(mod, target)
     sched_report: dict[str, Any] = {"kernels": len(kernels), "from_tuning_records": tuned}
@@ -370,8 +450,20 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
             verification = {"status": "skipped", "method": ran["method"], "reason": ran["skipped"]}
         else:
             verification = {"method": ran["method"],
-                            **compare(onnx_model, feeds, ran["outputs"], outputs, atol=max(ATOL, int8_atol))}
+                            **compare(onnx_model, feeds, ran["outputs"], outputs, atol=int8_atol or ATOL,
+                                    rounding_noise=bool(int8_report.get("converted")))}
         timings["verify_s"] = round(time.monotonic() - t2, 2)
+
+    kernel_schedules = kernel_profile.kernel_sources(before_defaults, hand["scheduled"], fhand["scheduled"],
+                                                     sched_report)
+    profile_report = None
+    if profile:
+        say(f"{spec.text()}: timing each kernel")
+        t3 = time.monotonic()
+        feed = (sample_inputs or random_feeds(inputs, n=1))[0]
+        profile_report = kernel_profile.measure(module, lib, [np.asarray(feed[s.name], dtype=s.dtype) for s in inputs],
+                                                options, kernel_schedules)
+        timings["profile_s"] = round(time.monotonic() - t3, 2)
 
     target_json = jsonable(target)
     meta = {
@@ -391,4 +483,5 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         "model_json": str(out / "model.json"), "library_sha256": meta["library_sha256"], "elf_machine": machine,
         "tvm_target": target_json, "schedule": sched_report, "tuning": tune_report, "device_code": device_info,
         "verification": verification, "timings": timings, **({"int8": int8_report} if int8_report else {}),
+        "kernel_schedules": kernel_schedules, **({"profile": profile_report} if profile_report else {}),
     }

@@ -65,6 +65,16 @@ def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, 
     return runners.run_local(lib_path, feeds)
 
 
+def profile(lib_path, feed, options: dict[str, str]) -> dict[str, Any]:
+    """Time each kernel of the library in this process (``--profile``; targets/kernel_profile.py)."""
+    from compress_graph.targets import kernel_profile
+
+    missing = missing_features(options.get("isa", "auto"))
+    if missing:
+        return {"skipped": f"this CPU lacks {', '.join(missing)} (built for isa={options['isa']})"}
+    return kernel_profile.time_calls(lib_path, feed)
+
+
 #: CPU flags (/proc/cpuinfo names) each isa's code may execute
 ISA_FLAGS = {"avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
              "vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")}

@@ -61,6 +61,7 @@ def _progress_callback(progress, total: int, deadline: float | None, stats: dict
             stats["failed"] += len(runner_results) - len(ok)
             task = task_scheduler.tasks_[task_id]
             best = min((sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in ok), default=None)
+            _record_batch(stats, task_scheduler.tasks_, task_id, len(measure_candidates), best)
             if progress:
                 best_txt = f"{best * 1e3:.3f} ms" if best is not None else "no valid candidate"
                 progress(f"tune [{stats['trials']}/{total}] task {task_id} {task.ctx.task_name}: "
@@ -73,6 +74,24 @@ def _progress_callback(progress, total: int, deadline: float | None, stats: dict
                         task_scheduler.terminate_task(i)
 
     return Progress()
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 3)
+
+
+def _record_batch(stats: dict, tasks, task_id: int, trials: int, best: float | None) -> None:
+    """One point of the tuning curve per measured batch: trials so far, the task's best latency so far, and the
+    tuned kernels' weighted sum (task weight x best; MetaSchedule's weight is how often the model calls the
+    kernel) once every task has a valid candidate. Both only go down as trials go up."""
+    if not stats["tasks"]:
+        stats["tasks"] = [{"name": str(t.ctx.task_name), "weight": float(t.task_weight)} for t in tasks]
+    bests = stats["best_s"]
+    if best is not None and (task_id not in bests or best < bests[task_id]):
+        bests[task_id] = best
+    model = sum(stats["tasks"][i]["weight"] * b for i, b in bests.items()) if len(bests) == len(tasks) else None
+    stats["curve"].append({"trials": stats["trials"], "task": task_id, "batch_trials": trials,
+                           "best_us": _us(bests.get(task_id)), "model_us": _us(model)})
 
 
 def search_strategy(trials_per_task: int):
@@ -133,7 +152,7 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
     if not tasks:
         return {"tasks": 0, "trials": 0, "seconds": 0.0, "db": str(db_dir)}
     total = trials_per_task * len(tasks)
-    stats = {"trials": 0, "failed": 0, "stopped": False}
+    stats = {"trials": 0, "failed": 0, "stopped": False, "tasks": [], "best_s": {}, "curve": []}
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     builder = ms.builder.LocalBuilder(f_build=fast_build, f_export=_CrossExport(compiler) if rpc else None,
                                       timeout_sec=BUILDER_TIMEOUT_S, max_workers=1)
@@ -165,4 +184,4 @@ def tune(mod, target, db_dir: Path, trials_per_task: int, *, rpc: str | None = N
                           f"({'RPC ' + rpc if rpc else 'local runner'})")
     return {"tasks": len(tasks), "trials": stats["trials"], "failed_trials": stats["failed"],
             "stopped_by_time_budget": stats["stopped"], "seconds": round(time.monotonic() - start, 1),
-            "db": str(db_dir)}
+            "db": str(db_dir), "curve": {"tasks": stats["tasks"], "points": stats["curve"]}}

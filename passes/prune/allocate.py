@@ -9,6 +9,7 @@ cheapest remaining cut (output error added per MAC saved) until the target is me
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -36,6 +37,22 @@ def removal_order(group: ChannelGroup, scores: np.ndarray, an: Analysis, min_cha
 
 def _primary_size(group: ChannelGroup, an: Analysis) -> int:
     return max(an.info[t].size for u in group.units for t in u.members)
+
+
+def group_cuts(groups: list[ChannelGroup], removed: list[Unit], an: Analysis) -> list[dict[str, Any]]:
+    """The cut chosen per group, in group order, for the report: ``channels`` of its widest tensor before and
+    ``kept`` after, ``units`` (removable sets) and ``units_cut`` (sensitivity curves' x is ``units_cut / units``)."""
+    gone = {id(u) for u in removed}
+    cuts = []
+    for g in groups:
+        members = {t for u in g.units for t in u.members}
+        widest = max((t for t in g.tensors if t in members), key=lambda t: an.info[t].size)
+        cut = [u for u in g.units if id(u) in gone]
+        size = an.info[widest].size
+        cuts.append({"group": g.name, "channels": size,
+                     "kept": size - sum(len(u.members.get(widest, ())) for u in cut),
+                     "units": len(g.units), "units_cut": len(cut)})
+    return cuts
 
 
 def by_ratio(groups: list[ChannelGroup], orders: dict[int, list[int]], an: Analysis, ratio: float,

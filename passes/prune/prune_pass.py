@@ -102,6 +102,7 @@ class Prune(Pass):
         after = model_cost(pruned)
         stats.update({
             "units_removed": len(removed),
+            "cuts": allocate.group_cuts(groups, removed, an),
             "tensors_changed": len({t for u in removed for t in u.members}),
             "macs_before": before.macs, "macs_after": after.macs,
             "macs_kept": round(after.macs / before.macs, 4) if before.macs else 1.0,

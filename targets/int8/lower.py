@@ -10,7 +10,7 @@ Rules (producer of the quantize, with an optional Relu/Clip in between folded in
   conv2d / matmul (+ constant bias)   int8/uint8 x int8 -> int32, zero points folded into an int32 bias
                                       (the input is padded with its zero point, so borders stay exact),
                                       per-channel fixed-point requant
-  add / subtract / multiply           two 8-bit inputs, rescaled in int64
+  add / subtract / multiply           two 8-bit inputs, rescaled in int32 (int64 for extreme scale ratios)
   max_pool2d, reshape, permute_dims,  on the 8-bit tensor, then a rescale if the scales differ
   split, concat, resize2d (nearest)
   mean over H, W (global avg pool)    int32 sum, requant by s_x / (N s_y)
@@ -246,16 +246,16 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         s_y, z_y, out_dtype, lo, hi = ctx
         qa, qb = (self.defs.dequantized(a) for a in call.args)
         ra, rb = qa.scale / np.float64(s_y), qb.scale / np.float64(s_y)
-        bits = add_frac_bits([ra, rb])
+        bits, acc_dtype = add_frac_bits([ra, rb])
         xa, xb = self._new(qa.expr), self._new(qb.expr)
         pa, pb = self._packed_pair(xa, xb)
         block = None if pa is None else pa[1]
         if block is not None:  # an operand exists packed: add in that layout, the result stays packed
             xa, xb = pa[0], pb[0]
-        ta = rescale_terms(self.builder_, xa, qa.zero_point, ra, bits)
-        tb = rescale_terms(self.builder_, xb, qb.zero_point, rb, bits)
+        ta = rescale_terms(self.builder_, xa, qa.zero_point, ra, bits, acc_dtype)
+        tb = rescale_terms(self.builder_, xb, qb.zero_point, rb, bits, acc_dtype)
         total = self._emit(relax.op.add(ta, tb) if sign > 0 else relax.op.subtract(ta, tb))
-        out = emit_round_shift(self.builder_, total, bits, z_y, out_dtype, lo=lo, hi=hi)
+        out = emit_round_shift(self.builder_, total, bits, z_y, out_dtype, lo=lo, hi=hi, dtype=acc_dtype)
         return out if block is None else self._unpack(self._emit(out), block, shape_of(call)[1])
 
     def _packed_pair(self, xa: relax.Expr, xb: relax.Expr):

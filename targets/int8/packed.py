@@ -98,7 +98,7 @@ class PackedConvEmitter:
         kernel = relax.const(pack_kernel(w, ic_bn).astype(wdtype), wdtype)
         offset = self.family.INPUT_OFFSET
         acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
-                         getattr(self.family, "PAIRS", 1), primfunc_name_hint="conv2d_NCHWc_int8")
+                         getattr(self.family, "PAIRS", 1), bool(w.min() > -128), primfunc_name_hint="conv2d_NCHWc_int8")
         return acc, OC_BLOCK, offset
 
     def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
@@ -145,16 +145,19 @@ def _zero_point_pad(data, padding, zp: int):
         name="data_pad_zp")
 
 
-def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0, pairs: int = 1):
+def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0, pairs: int = 1,
+                      narrow: bool = False):
     """Packed conv of uint8 data minus ``offset`` with int8 weights -> int32: NCHW[ic_bn]c data,
     OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the padding carries the zero point. The reduction of
     ``topi.nn.conv2d_NCHWc_int8`` (block ``conv2d_NCHWc_int8``; it pads with 0 and so needed a separate pad kernel
     before every conv), with the ISA family's input offset (0: u8 x s8, VNNI; 128: s8 x s8, sdot / NEON).
     ``pairs`` > 1: the reduction keeps ``pairs`` partial sums per output (consecutive input channels of every
     group of 4 split into ``pairs`` runs; block ``conv2d_NCHWc_int8`` with a trailing axis), added by a second
-    block."""
+    block. ``narrow``: no weight is -128 (annotated on the block: a family may then add two products in int16)."""
+    from compress_graph.targets.int8.schedule import NARROW_ANNOTATION
     from tvm import te
 
+    attrs = {NARROW_ANNOTATION: 1} if narrow else None
     data_pad = _zero_point_pad(data, padding, zp)
     n, _, h, w, _ = data_pad.shape
     oc_chunks, ic_chunks, kh, kw, ic_f, oc_bn, ic_s = kernel.shape
@@ -174,13 +177,13 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset:
         return te.compute(
             (n, oc_chunks, oh, ow, oc_bn),
             lambda b, oc, y, x, ob: te.sum(term(b, oc, y, x, ob, ics), axis=[rh, rw, ico, icf, ics]),
-            name="conv2d_NCHWc_int8")
+            name="conv2d_NCHWc_int8", attrs=attrs)
     run = ic_s // pairs
     ics = te.reduce_axis((0, run), name="ic_s_inner")
     partial = te.compute(
         (n, oc_chunks, oh, ow, oc_bn, pairs),
         lambda b, oc, y, x, ob, p: te.sum(term(b, oc, y, x, ob, p * run + ics), axis=[rh, rw, ico, icf, ics]),
-        name="conv2d_NCHWc_int8")
+        name="conv2d_NCHWc_int8", attrs=attrs)
     rp = te.reduce_axis((0, pairs), name="pair")
     return te.compute(
         (n, oc_chunks, oh, ow, oc_bn),

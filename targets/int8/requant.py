@@ -115,35 +115,52 @@ def emit_requant(bb: relax.BlockBuilder, acc: relax.Expr, multiplier: np.ndarray
 
 
 def rescale_terms(bb: relax.BlockBuilder, x: relax.Expr, zero_point: int, ratio: float,
-                  frac_bits: int) -> relax.Expr:
-    """``(x - zp) * round(ratio * 2**frac_bits)`` in int64: one addend of a quantized Add/Concat."""
-    val = relax.op.astype(x, "int64")
+                  frac_bits: int, dtype: str = "int64") -> relax.Expr:
+    """``(x - zp) * round(ratio * 2**frac_bits)`` in ``dtype``: one addend of a quantized Add/Sub."""
+    val = relax.op.astype(x, dtype)
     if zero_point:
-        val = relax.op.subtract(val, _const(np.array(zero_point), "int64"))
+        val = relax.op.subtract(val, _const(np.array(zero_point), dtype))
     mant = int(round(ratio * (1 << frac_bits)))
-    return bb.emit(relax.op.multiply(val, _const(np.array(mant), "int64")))
+    return bb.emit(relax.op.multiply(val, _const(np.array(mant), dtype)))
 
 
 def emit_round_shift(bb: relax.BlockBuilder, val: relax.Expr, frac_bits: int, zero_point: int,
-                     out_dtype: str, *, lo: int | None = None, hi: int | None = None) -> relax.Expr:
-    """int64 value with ``frac_bits`` fraction bits -> rounded (half to even), offset, clipped 8-bit."""
+                     out_dtype: str, *, lo: int | None = None, hi: int | None = None,
+                     dtype: str = "int64") -> relax.Expr:
+    """``dtype`` value with ``frac_bits`` fraction bits -> rounded (half to even), offset, clipped 8-bit."""
     qmin, qmax = QRANGE[out_dtype]
     lo = qmin if lo is None else max(qmin, lo)
     hi = qmax if hi is None else min(qmax, hi)
-    shift_c = _const(np.array(frac_bits), "int64")
-    odd = relax.op.bitwise_and(relax.op.right_shift(val, shift_c), _const(np.array(1), "int64"))
-    half = _const(np.array((1 << (frac_bits - 1)) - 1), "int64")
+    shift_c = _const(np.array(frac_bits), dtype)
+    odd = relax.op.bitwise_and(relax.op.right_shift(val, shift_c), _const(np.array(1), dtype))
+    half = _const(np.array((1 << (frac_bits - 1)) - 1), dtype)
     out = bb.emit(relax.op.right_shift(relax.op.add(relax.op.add(val, half), odd), shift_c))
-    out = bb.emit(relax.op.astype(out, "int32"))
+    if dtype != "int32":
+        out = bb.emit(relax.op.astype(out, "int32"))
     if zero_point:
         out = bb.emit(relax.op.add(out, _const(np.array(zero_point), "int32")))
     out = bb.emit(relax.op.clip(out, lo, hi))
     return relax.op.astype(out, out_dtype)
 
 
-def add_frac_bits(ratios: list[float]) -> int:
-    """Fraction bits for a sum of ``(x - zp) * ratio`` terms: as many as int64 comfortably holds."""
+#: fewest bits of each ratio's fixed-point mantissa the 32-bit form of an Add/Sub keeps (else int64): a term is
+#: then off its exact value by at most 255 / 2**13 of an output step, a one-step flip only that close to a tie
+_MIN_MANTISSA_BITS_32 = 12
+
+
+def add_frac_bits(ratios: list[float]) -> tuple[int, str]:
+    """Fraction bits and integer type for a sum of ``(x - zp) * ratio`` terms (``|x - zp| <= 255``).
+
+    int32 where the whole sum, its rounding constant and the odd-floor correction stay below 2**31 with every
+    ratio keeping at least _MIN_MANTISSA_BITS_32 bits (4 lanes per NEON vector, 8 per AVX2, where int64 has 2 /
+    4 and NEON no 64-bit multiply); else int64 with as many bits as it comfortably holds."""
+    total = sum(ratios)
+    for bits in range(24, 7, -1):
+        if 255 * (total * 2.0**bits + len(ratios)) + 2.0**bits + 1 < 2.0**31:
+            if min(ratios) * 2.0**bits >= 2.0**_MIN_MANTISSA_BITS_32:
+                return bits, "int32"
+            break
     top = max(max(ratios), 1e-30)
     # each term is at most 255 * ratio * 2**bits; keep the sum of a few terms below 2**60
     bits = int(np.floor(60 - 8 - 3 - np.log2(top)))
-    return int(min(max(bits, 8), 40))
+    return int(min(max(bits, 8), 40)), "int64"

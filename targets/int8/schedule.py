@@ -30,6 +30,7 @@ from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
 PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
+NARROW_ANNOTATION = "compress_graph.weights_in_127"  # packed.conv2d_nchwc_int8: no weight is -128
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
 VNNI_INTRIN = "dot_16x4_vnni"  # targets/isa/x86_vnni.INTRIN
 REG_N = 8  # x86 VNNI's register tile (targets/isa/x86_vnni.REG_N)
@@ -77,23 +78,42 @@ def _register_tile(sch, loop, reg_n: int):
     return sch.split(loop, [None, max(d for d in range(1, min(reg_n, width) + 1) if width % d == 0)])
 
 
-def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N):
+def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
+                      wide: tuple[str, int, bool, int | None] | None = None):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
-    raises if the kernel does not fit."""
+    raises if the kernel does not fit. ``wide`` = (intrinsic, groups, needs narrow weights, its register tile or
+    None for ``reg_n``): a family's
+    16 x (4 * groups) step, used where the input block holds a multiple of that many groups of 4 channels (and,
+    if it needs them, the conv block is marked as having no -128 weight: NARROW_ANNOTATION)."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
     loops = sch.get_loops(conv)
     pair = loops[5:6] if len(loops) == 11 else []  # the partial-sum axis of a PAIRS family (targets/isa)
     n, oc_chunk, oh, ow, oc_block = loops[:5]
     kh, kw, ic_outer, ic_f_inner, ic_s_inner = loops[5 + len(pair):]
-    ow_outer, ow_inner = _register_tile(sch, ow, reg_n)
-    sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, *pair, ic_s_inner)
+    groups = int(sch.get(ic_f_inner).extent)
+    narrow_ok = not (wide and wide[2]) or bool(sch.get(conv).annotations.get(NARROW_ANNOTATION, 0))
+    use_wide = wide is not None and narrow_ok and groups % wide[1] == 0
+    ow_outer, ow_inner = _register_tile(sch, ow, wide[3] if use_wide and wide[3] else reg_n)
+    if use_wide:
+        if groups == wide[1]:  # the whole input block per step (sdot: 16 channels)
+            sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ow_inner, ic_f_inner, oc_block, *pair,
+                        ic_s_inner)
+            tensorize_at = ic_f_inner
+        else:  # part of it (NEON: 2 of 4 groups), the weights of the part reused across the tile's pixels
+            g_outer, tensorize_at = sch.split(ic_f_inner, [None, wide[1]])
+            sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, g_outer, ow_inner, tensorize_at, oc_block,
+                        *pair, ic_s_inner)
+        intrin = wide[0]
+    else:
+        sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ic_f_inner, ow_inner, oc_block, *pair, ic_s_inner)
+        tensorize_at = oc_block
     outer = sch.fuse(n, oc_chunk, oh)
     sch.parallel(outer)
     _pad_rows(sch, pad, outer)
     for block in epilogue:
         sch.reverse_compute_at(block, ow_outer)
     init = sch.decompose_reduction(conv, ic_outer)
-    sch.tensorize(oc_block, intrin)
+    sch.tensorize(tensorize_at, intrin)
     sch.unroll(ow_inner)
     if pair:  # the partial sums added per output tile, 16 channels at a time
         pairs = epilogue.pop(0)
@@ -146,7 +166,9 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     if family is None:
         return mod, {"scheduled": [], "failed": {}}
     family.register_intrinsic()
-    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N),
+    wide = ((family.INTRIN_WIDE, family.WIDE_GROUPS, getattr(family, "WIDE_NEEDS_NARROW", False),
+             getattr(family, "WIDE_REG_N", None)) if hasattr(family, "INTRIN_WIDE") else None)
+    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide),
                                      lambda f: schedule_depthwise(f, family.REG_N)), NotAPackedConv)
     stats["isa"] = family.NAME
     return mod, stats

@@ -23,6 +23,14 @@ NAME = "arm-neon"
 INPUT_OFFSET = 128
 PAIRS = 2  # the accumulator holds, per output channel, the sums of input channels {0, 1} and {2, 3} of each group
 INTRIN = "compress_graph_dot_16x4x2_u8off_s8_neon"
+#: 16 output x 8 input channels per step, where no weight is -128 (the quant pass's narrow range [-127, 127]):
+#: two int8 x int8 products summed in an int16 lane (``smull`` + ``smlal``: |(x - 128) * w| <= 128 * 127, two of
+#: them <= 32512) before one ``sadalp`` -- 3 instructions per 16 MACs instead of 4. Kernels whose weights hold a
+#: -128 (other quantizers) keep the 16x4 step (``NARROW_ANNOTATION`` marks the others).
+INTRIN_WIDE = "compress_graph_dot_16x8x2_u8off_s7_neon"
+WIDE_GROUPS = 2
+WIDE_NEEDS_NARROW = True
+WIDE_REG_N = 1  # 2 pixels: 2 groups of weights (16 d registers) + 2 x 8 q accumulators spill (+9 % on pose_s)
 REG_N = 2  # output pixels per register tile: 2 x 8 q accumulators (16 channels x 2 pair sums each)
 
 
@@ -75,3 +83,46 @@ def register_intrinsic() -> None:
                     dtype="int32x4")
 
     TensorIntrin.register(INTRIN, desc, impl, override=True)
+
+    @T.prim_func(s_tir=True)
+    def desc_wide(a: T.Buffer((8,), "uint8", offset_factor=1), b: T.Buffer((2, 16, 4), "int8", offset_factor=1),
+                  c: T.Buffer((16, 2), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:2], a[0:8], b[0:2, 0:16, 0:4])
+            T.writes(c[0:16, 0:2])
+            for g in T.serial(T.int64(0), T.int64(2)):
+                for i in T.serial(T.int64(0), T.int64(16)):
+                    for p in T.serial(T.int64(0), T.int64(2)):
+                        for k in T.serial(T.int64(0), T.int64(2)):
+                            with T.sblock("update"):
+                                vi, vp, vg, vk = T.axis.remap("SSRR", [i, p, g, k])  # the conv block's order
+                                c[vi, vp] = c[vi, vp] + (
+                                    T.cast(a[vg * T.int64(4) + vp * T.int64(2) + vk], "int32") - 128) * T.cast(
+                                    b[vg, vi, vp * T.int64(2) + vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl_wide(a: T.Buffer((8,), "uint8", offset_factor=1), b: T.Buffer((2, 16, 4), "int8", offset_factor=1),
+                  c: T.Buffer((16, 2), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:2], a[0:8], b[0:2, 0:16, 0:4])
+            T.writes(c[0:16, 0:2])
+            # per 2 output channels: the products of both groups of 4 input channels added in int16 (smlal),
+            # then pairwise into the channels' two pair accumulators (sadalp)
+            for h in T.unroll(8):
+                c[h * 2, T.ramp(0, 1, 4)] = c.vload([h * 2, 0], dtype="int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(saddlp),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(smull),
+                        T.reinterpret(T.broadcast(T.bitwise_xor(
+                            T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), T.int32(-2139062144)), 2),
+                            dtype="int8x8"),
+                        b.vload([0, h * 2, 0], dtype="int8x8"), dtype="int16x8")
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(smull),
+                        T.reinterpret(T.broadcast(T.bitwise_xor(
+                            T.reinterpret(a.vload([4], "uint8x4"), dtype="int32"), T.int32(-2139062144)), 2),
+                            dtype="int8x8"),
+                        b.vload([1, h * 2, 0], dtype="int8x8"), dtype="int16x8"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(INTRIN_WIDE, desc_wide, impl_wide, override=True)

@@ -18,6 +18,11 @@ from compress_graph.targets.isa import features
 NAME = "arm-sdot"
 INPUT_OFFSET = 128  # sdot multiplies int8 x int8: the uint8 activation enters as x - 128
 INTRIN = "compress_graph_dot_16x4_u8off_s8_sdot"
+#: 16 output x 16 input channels per step, where a conv's input block is 16 channels: the 16 activation bytes of a
+#: pixel in one q register (one load, one ``eor``), each group of 4 taken by the indexed ``sdot v.4s, v.16b,
+#: v.4b[g]`` -- no ``ldr w`` + ``eor`` + ``dup`` per 4 input channels as in the 16x4 step
+INTRIN_WIDE = "compress_graph_dot_16x16_u8off_s8_sdot_lane"
+WIDE_GROUPS = 4  # groups of 4 input channels per INTRIN_WIDE step
 REG_N = 2  # output pixels per register tile: 2 x 4 q accumulators; 4 and 6 executed 3-5 % more (spills)
 
 
@@ -68,6 +73,58 @@ def register_intrinsic() -> None:
 
     TensorIntrin.register(INTRIN, desc, impl, override=True)
 
+    @T.prim_func(s_tir=True)
+    def desc_wide(a: T.Buffer((16,), "uint8", offset_factor=1), b: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+                  c: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16], b[0:4, 0:16, 0:4])
+            T.writes(c[0:16])
+            for g in T.serial(0, 4):
+                for i in T.serial(0, 16):
+                    for k in T.serial(0, 4):
+                        with T.sblock("update"):
+                            vi, vg, vk = T.axis.remap("SRR", [i, g, k])  # the conv block's order: ob, icf, ics
+                            c[vi] = c[vi] + (T.cast(a[vg * 4 + vk], "int32") - 128) * T.cast(b[vg, vi, vk], "int32")
+
+    # the activation vector (minus 128 by xor) is written out per use, LLVM loads and flips it once; the lane
+    # broadcast (a shuffle of lane g) folds into the indexed sdot
+    @T.prim_func(s_tir=True)
+    def impl_wide(a: T.Buffer((16,), "uint8", offset_factor=1), b: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+                  c: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16], b[0:4, 0:16, 0:4])
+            T.writes(c[0:16])
+            for q in T.unroll(4):
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                    b.vload([0, q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
+                                                           T.broadcast(T.int32(-2139062144), 4))], [0, 0, 0, 0]),
+                                  dtype="int8x16"), dtype="int32x4")
+            for q in T.unroll(4):
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                    b.vload([1, q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
+                                                           T.broadcast(T.int32(-2139062144), 4))], [1, 1, 1, 1]),
+                                  dtype="int8x16"), dtype="int32x4")
+            for q in T.unroll(4):
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                    b.vload([2, q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
+                                                           T.broadcast(T.int32(-2139062144), 4))], [2, 2, 2, 2]),
+                                  dtype="int8x16"), dtype="int32x4")
+            for q in T.unroll(4):
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                    b.vload([3, q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
+                                                           T.broadcast(T.int32(-2139062144), 4))], [3, 3, 3, 3]),
+                                  dtype="int8x16"), dtype="int32x4")
+
+    TensorIntrin.register(INTRIN_WIDE, desc_wide, impl_wide, override=True)
+
 
 # -- requantization of the packed kernels' int32 accumulators ---------------------------------------------------
 def requant_constants(mant: np.ndarray, shift: np.ndarray, acc_bound: np.ndarray
@@ -94,19 +151,27 @@ def requant_constants(mant: np.ndarray, shift: np.ndarray, acc_bound: np.ndarray
             k.astype(np.int32))
 
 
-def requant_te(acc, bias, mult, left, rounding, shift, zero_point: int, lo: int, hi: int, out_dtype: str):
+def requant_te(acc, bias, mult, left, rounding, shift, zero_point: int, lo: int, hi: int, out_dtype: str,
+               sqdmulh: bool = True):
     """8-bit ``clip(((mulhi31((acc + bias) << left, M) + round) >> k) + zero_point)`` of a packed int32 ``acc``
-    (N, C/16, H, W, 16); the per-channel constants are (1, C/16, 1, 1, 16). LLVM makes the product ``smull`` /
-    ``smull2`` + ``shrn`` / ``shrn2`` on any vector width. (NEON's ``sqdmulh`` does the product in one instruction
-    and took another 4-7 % off mobilenetv2_s / resnet_s, but LLVM selects it only for vectors of 4 lanes and aborts
-    the process on wider ones, which a sampled schedule of a kernel the hand schedule did not take could produce.)"""
+    (N, C/16, H, W, 16); the per-channel constants are (1, C/16, 1, 1, 16) (``left`` None: all 0).
+
+    ``sqdmulh`` (aarch64): the product written as ``min((v * M) >> 31, 2**31 - 1)`` in int64, which LLVM (22)
+    turns into one NEON ``sqdmulh`` per 4 lanes on any vector width (the saturation never applies: ``M < 2**31``
+    and ``|v| < 2**31``); without the ``min`` it is ``smull`` + ``smull2`` + ``shrn`` + ``shrn2``. (The
+    ``sqdmulh`` intrinsic itself was tried first: LLVM aborts the process on vectors wider than 4 lanes.) x86 has
+    no such instruction and would pay for the 64-bit ``min``: its families pass False."""
     from tvm import te, tirx
 
     def f(n, c, y, x, k):
-        a = tirx.shift_left(acc[n, c, y, x, k] + bias[0, c, 0, 0, k], left[0, c, 0, 0, k])
-        q = tirx.shift_right(a.astype("int64") * mult[0, c, 0, 0, k].astype("int64"),
-                             tirx.const(31, "int64")).astype("int32")
-        r = tirx.shift_right(q + rounding[0, c, 0, 0, k], shift[0, c, 0, 0, k]) + tirx.const(zero_point, "int32")
+        a = acc[n, c, y, x, k] + bias[0, c, 0, 0, k]
+        if left is not None:  # None: no channel pre-shifts
+            a = tirx.shift_left(a, left[0, c, 0, 0, k])
+        q = tirx.shift_right(a.astype("int64") * mult[0, c, 0, 0, k].astype("int64"), tirx.const(31, "int64"))
+        if sqdmulh:
+            q = tirx.min(q, tirx.const(2**31 - 1, "int64"))
+        r = tirx.shift_right(q.astype("int32") + rounding[0, c, 0, 0, k], shift[0, c, 0, 0, k]) + \
+            tirx.const(zero_point, "int32")
         return tirx.max(tirx.min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
 
     return te.compute(acc.shape, f, name="requant_mulhi")

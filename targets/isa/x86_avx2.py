@@ -21,7 +21,12 @@ from compress_graph.targets.isa import arm_sdot, features, x86_vnni
 # the 32-bit fixed-point requantization (exact where it applies, else the generic int64 one): LLVM makes its
 # 32 x 32 -> 64-bit products vpmuldq on 8-lane vectors
 requant_constants = arm_sdot.requant_constants
-requant_te = arm_sdot.requant_te
+
+
+def requant_te(*args):
+    """arm_sdot's requant without the ``min`` that only buys aarch64 its ``sqdmulh``."""
+    return arm_sdot.requant_te(*args, sqdmulh=False)
+
 
 NAME = "x86-avx2"
 INPUT_OFFSET = 0

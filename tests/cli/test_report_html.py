@@ -114,11 +114,33 @@ def test_run_html_has_sections_is_offline_and_charts_are_drawn(run_out):
     assert "http://" not in text and "https://" not in text and "url(" not in text
     assert not page.tags & {"script", "link", "iframe", "object", "embed"}
     assert page.refs and all(v.startswith(("data:image/png;base64,", "#")) for v in page.refs)
-    # cost per pass, per layer, prune sensitivity, quant placement
-    assert len(page.images) == 4
+    # cost per pass, per layer, prune sensitivity (with the chosen cuts), channels kept per group, quant placement
+    assert len(page.images) == 5
     for src in page.images:
         colours, ink = drawn(png(src))
         assert colours > 20 and ink > 0.02, (colours, ink)
+    passes = page.text("passes")
+    assert "Channels kept per prune group" in passes and "chosen cut" in passes
+    assert "not recorded" not in passes  # every pass's numbers are there, the chosen cuts too
+
+
+def cells_match_report(page: Page, report: dict, required: list[str]) -> int:
+    """Every number cell of the page holds (data-value) and shows (text) the report.json value its data-key
+    names; the ``required`` keys are among them. Returns how many cells were checked."""
+    assert set(required) <= set(page.cells), sorted(set(required) - set(page.cells))
+    checked = 0
+    for key, (value, pieces) in page.cells.items():
+        if key.startswith("layers."):
+            continue  # counted from the model files
+        recorded = lookup(report, key)
+        assert json.loads(value) == recorded, key
+        shown = shown_number("".join(pieces))
+        if isinstance(recorded, int):
+            assert shown == recorded, (key, pieces)
+        else:  # floats are shown to 6 significant digits
+            assert math.isclose(shown, recorded, rel_tol=5.1e-6, abs_tol=1e-12), (key, pieces)
+        checked += 1
+    return checked
 
 
 def test_html_numbers_are_report_json_numbers(run_out):
@@ -128,20 +150,10 @@ def test_html_numbers_are_report_json_numbers(run_out):
     for i in range(len(report["passes"])):
         required += [f"passes.{i}.after.{k}" for k in ("params", "macs", "bytes")]
         required += [f"passes.{i}.time_s", f"passes.{i}.verify.worst.cosine", f"passes.{i}.verify.worst.max_abs"]
-    assert set(required) <= set(page.cells), sorted(set(required) - set(page.cells))
-    checked = 0
-    for key, (value, pieces) in page.cells.items():
-        if key.startswith("layers."):
-            continue  # counted from the model files: checked below
-        recorded = lookup(report, key)
-        assert json.loads(value) == recorded, key
-        shown = shown_number("".join(pieces))
-        if isinstance(recorded, int):
-            assert shown == recorded, (key, pieces)
-        else:  # floats are shown to 6 significant digits
-            assert math.isclose(shown, recorded, rel_tol=5.1e-6, abs_tol=1e-12), (key, pieces)
-        checked += 1
-    assert checked > 40  # the pass stats are in too, not only the summary
+    prune = next(i for i, r in enumerate(report["passes"]) if r["name"] == "prune")
+    cuts = report["passes"][prune]["stats"]["cuts"]
+    required += [f"passes.{prune}.stats.cuts.{k}.{x}" for k in range(len(cuts)) for x in ("channels", "kept")]
+    assert cells_match_report(page, report, required) > 40  # the pass stats are in too, not only the summary
 
     # per layer: the input model's own per-node MACs, and the pruned layers shrank
     from compress_graph.ir import io as cg_io
@@ -172,7 +184,7 @@ def test_report_command_rewrites_the_page_and_refuses_other_folders(run_out, tmp
     assert r.returncode == 0, r.stderr
     page = Page((copy / "report.html").read_text(encoding="utf-8"))
     assert list(page.sections) == SECTIONS and "not recorded" in page.text("layers")
-    assert len(page.images) == 3 and not [p for p in copy.iterdir() if p.name.startswith(".")]
+    assert len(page.images) == 4 and not [p for p in copy.iterdir() if p.name.startswith(".")]
     # a folder holding report.html is still ours: a new run replaces it (without --html: no stale page)
     r = cli(RESNET, "--passes", "fold-bn", "-o", copy, "-q")
     assert r.returncode == 0, r.stderr
@@ -237,7 +249,7 @@ def test_page_renders_in_headless_chromium(run_out, tmp_path):
     r = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     dom = Page(r.stdout)
-    assert list(dom.sections) == SECTIONS and len(dom.images) == 4
+    assert list(dom.sections) == SECTIONS and len(dom.images) == 5
 
 
 def test_target_section_shows_the_recorded_schedule():
@@ -260,8 +272,143 @@ def test_target_section_shows_the_recorded_schedule():
                 "tuning.failed_trials"):
         value, pieces = page.cells[f"target.{key}"]
         assert json.loads(value) == lookup(target, key) and shown_number("".join(pieces)) == lookup(target, key)
-    assert "not recorded" in page.text("target")  # time per kernel
-    assert "Best latency vs trials: not recorded" in page.text("tuning")
+    assert "not recorded (time each kernel with --profile" in page.text("target")
+    assert "not recorded (this report keeps tuning totals only)" in page.text("tuning")  # a report before curves
     assert len(page.images) == 2  # cost per pass, kernels by schedule source
     colours, ink = drawn(png(page.images[1]))
     assert colours > 20 and ink > 0.02
+
+
+# --------------------------------------------------------------------------------------------- time per kernel, tuning
+def _target_report(target: dict) -> dict:
+    cost = {"params": 10, "macs": 20, "bytes": 30}
+    return {"pipeline": "", "passes": [], "before": cost, "after": cost, "status": "ok", "target": target}
+
+
+def test_kernel_times_and_tuning_curve_render_from_report_json():
+    """A `--profile --tune` report's shape (fields as targets/kernel_profile.py and targets/tuning.py write them):
+    the chart and table of time per kernel, the tuning curve and per-task table, every number report.json's."""
+    from compress_graph.report_html import render_html
+
+    sources = {"fused_conv2d_add_relu": "tuned (records)", "fused_matmul_add": "default (sampled)",
+               "max_pool2d": "hand-scheduled fp32"}
+    profile = {"status": "measured", "method": "TVM time_evaluator ...", "runs": 5, "run_us": 41.5, "kernels_us": 37.25,
+               "kernel_count": 3, "untimed_calls": 9,
+               "kernels": [{"name": "fused_conv2d_add_relu", "schedule": "tuned (records)", "calls": 2,
+                            "total_us": 30.5, "mean_us": 15.25, "share": 0.8188},
+                           {"name": "max_pool2d", "schedule": "hand-scheduled fp32", "calls": 1, "total_us": 5.5,
+                            "mean_us": 5.5, "share": 0.1477},
+                           {"name": "fused_matmul_add", "schedule": "default (sampled)", "calls": 1, "total_us": 1.25,
+                            "mean_us": 1.25, "share": 0.0336}]}
+    curve = {"tasks": [{"name": "fused_conv2d_add_relu", "weight": 2.0}, {"name": "fused_matmul_add", "weight": 1.0}],
+             "points": [{"trials": 4, "task": 0, "batch_trials": 4, "best_us": 20.0, "model_us": None},
+                        {"trials": 8, "task": 1, "batch_trials": 4, "best_us": 1.5, "model_us": 41.5},
+                        {"trials": 12, "task": 0, "batch_trials": 4, "best_us": 15.125, "model_us": 31.75}]}
+    target = {"target": "host", "target_text": "host", "kernel_schedules": sources, "profile": profile,
+              "schedule": {"kernels": 3, "from_tuning_records": 1, "fp32_hand_scheduled": 1, "sampled": 1},
+              "tuning": {"trials_per_task": 8, "tasks": 2, "trials": 12, "failed_trials": 0, "curve": curve}}
+    report = _target_report(target)
+    page = Page(render_html(report))
+    required = [f"target.profile.kernels.{k}.{x}" for k in range(3) for x in ("calls", "total_us", "mean_us")]
+    required += ["target.profile.run_us", "target.profile.kernels_us", "target.tuning.curve.points.2.model_us",
+                 "target.tuning.curve.points.0.best_us", "target.tuning.curve.points.2.best_us",
+                 "target.tuning.curve.points.1.best_us", "target.tuning.curve.tasks.0.weight"]
+    assert cells_match_report(page, report, required) >= len(required)
+    text = page.text("target").split("Time per kernel")[1].split("int8 lowering")[0]
+    assert all(name in text for name in sources) and "81.9 %" in text and "not recorded" not in text
+    assert "not recorded" not in page.text("tuning")
+    assert len(page.images) == 4  # cost per pass, kernels by schedule source, time per kernel, tuning curve
+    for src in page.images[2:]:
+        colours, ink = drawn(png(src))
+        assert colours > 20 and ink > 0.02, (colours, ink)
+
+    # a target that cannot time its kernels here: the reason, and the kernel list with schedule sources
+    target["profile"] = {"status": "not measured", "reason": "per-kernel time is not measured for arm: see bench/arm"}
+    del target["tuning"]["curve"]
+    page = Page(render_html(_target_report(target)))
+    text = page.text("target")
+    assert "not measured for arm: see bench/arm" in text and all(f"{n} {s}" in text for n, s in sources.items())
+    assert len(page.images) == 2
+
+
+def _kernel_rows_add_up(profile: dict) -> None:
+    rows = profile["kernels"]
+    total = sum(r["total_us"] for r in rows) + profile.get("other_kernels", {}).get("total_us", 0.0)
+    assert total > 0 and math.isclose(total, profile["kernels_us"], abs_tol=1e-3 * (len(rows) + 1))
+    assert [r["total_us"] for r in rows] == sorted((r["total_us"] for r in rows), reverse=True)
+    for r in rows:
+        assert isinstance(r["calls"], int) and r["calls"] >= 1 and r["total_us"] >= 0
+        assert math.isclose(r["mean_us"] * r["calls"], r["total_us"], abs_tol=2e-3 * r["calls"])
+    shares = sum(r["share"] for r in rows) + profile.get("other_kernels", {}).get("share", 0.0)
+    assert math.isclose(shares, 1.0, abs_tol=1e-3 * (len(rows) + 1))
+
+
+@pytest.mark.slow
+def test_host_profile_times_each_kernel_and_the_page_shows_them(tmp_path):
+    pytest.importorskip("tvm")
+    out = tmp_path / "prof"
+    r = cli(RESNET, "--passes", "fold-bn", "--target", "host{cores=2}", "--profile", "--html", "-o", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    target, profile = report["target"], report["target"]["profile"]
+    assert profile["status"] == "measured" and profile["run_us"] > 0 and profile["untimed_calls"] > 0
+    _kernel_rows_add_up(profile)
+    # each kernel's schedule source is the build's: the counts agree with target.schedule
+    sources = target["kernel_schedules"]
+    assert len(sources) == target["schedule"]["kernels"]
+    assert list(sources.values()).count("hand-scheduled fp32") == target["schedule"]["fp32_hand_scheduled"] > 0
+    assert list(sources.values()).count("default (sampled)") == target["schedule"]["sampled"]
+    assert all(row["schedule"] == sources[row["name"]] for row in profile["kernels"])
+    assert f"profile: {profile['kernel_count']} kernels" in r.stderr
+    # times stay out of the artifact the build hashes and ships
+    meta = (out / "host" / "model.json").read_text()
+    assert "profile" not in meta and "total_us" not in meta
+
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    keys = [f"target.profile.kernels.{k}.total_us" for k in range(len(profile["kernels"]))]
+    assert cells_match_report(page, report, keys + ["target.profile.kernels_us", "target.profile.run_us"]) > 20
+    text = page.text("target")
+    assert all(row["name"] in text for row in profile["kernels"]) and "Time per kernel" in text
+    assert len(page.images) == 4  # cost per pass, per layer, kernels by schedule source, time per kernel
+    colours, ink = drawn(png(page.images[-1]))
+    assert colours > 20 and ink > 0.02, (colours, ink)
+
+
+@pytest.mark.slow
+def test_tuning_curve_goes_down_and_its_trials_add_up(tmp_path, tiny_model):
+    """`--tune 5` with a time budget (batches of 4: two batches per task) on the three-kernel model."""
+    pytest.importorskip("tvm")
+    pytest.importorskip("xgboost")  # MetaSchedule imports it even for random search
+    import onnx
+
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), model)
+    out = tmp_path / "tuned"
+    r = cli(model, "--passes", "", "--target", "host{cores=2}", "--tune", "5", "--time-budget", "600", "--html",
+            "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    tuning = report["target"]["tuning"]
+    tasks, points = tuning["curve"]["tasks"], tuning["curve"]["points"]
+    assert len(tasks) == tuning["tasks"] == 3 and len(points) == 6  # one point per measured batch
+    # trial counts add up: cumulative, batch by batch, to the run's total; each task had its 5
+    assert [p["trials"] for p in points] == list(np.cumsum([p["batch_trials"] for p in points]))
+    assert points[-1]["trials"] == tuning["trials"] == 15
+    for t in range(len(tasks)):
+        mine = [p for p in points if p["task"] == t]
+        assert sum(p["batch_trials"] for p in mine) == 5 and len(mine) == 2
+        best = [p["best_us"] for p in mine]
+        assert all(b > 0 for b in best) and best == sorted(best, reverse=True), best  # never goes up
+    model_us = [p["model_us"] for p in points]
+    first = next(k for k, v in enumerate(model_us) if v is not None)
+    assert first >= len(tasks) - 1 and None not in model_us[first:]  # defined once every task has a candidate
+    assert model_us[first:] == sorted(model_us[first:], reverse=True)
+    final = {p["task"]: p["best_us"] for p in points}
+    assert math.isclose(model_us[-1], sum(tasks[t]["weight"] * b for t, b in final.items()), rel_tol=1e-3)
+
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    keys = [f"target.tuning.curve.points.{len(points) - 1}.model_us", "target.tuning.trials"]
+    assert cells_match_report(page, report, keys) > 10
+    assert "not recorded" not in page.text("tuning")
+    colours, ink = drawn(png(page.images[-1]))  # the tuning curve is the page's last chart
+    assert colours > 20 and ink > 0.02, (colours, ink)

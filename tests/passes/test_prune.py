@@ -211,3 +211,21 @@ def test_macs_allocation_weighs_each_output_by_its_own_energy():
     assert min(sens["b"][1:]) > 1e-3, sens  # the score branch's cuts cost something
     kept = {n.outputs[0].name: n.inputs[1].shape[0] for n in out.graph.nodes if n.op == "Conv"}
     assert kept["b"] >= 8, kept
+
+
+@pytest.mark.parametrize("pipeline", ["fold-bn,prune{ratio=0.3}", "fold-bn,prune{macs=0.7,criterion=l2}"])
+def test_cuts_record_the_channels_each_group_kept(resnet, pipeline):
+    """`cuts` (the report's chosen cut per group) is what the pruned model holds: each group's widest tensor has
+    `kept` channels, and the units cut add up to units_removed."""
+    out, report = run_pipeline(resnet, pipeline, verify=False)
+    stats = report["passes"][-1]["stats"]
+    cuts = stats["cuts"]
+    assert [c["group"] for c in cuts] and len(cuts) == stats["groups"]
+    assert sum(c["units_cut"] for c in cuts) == stats["units_removed"] > 0
+    tensors = out.tensor_map()
+    for c in cuts:
+        assert 0 <= c["units_cut"] <= c["units"] and 0 < c["kept"] <= c["channels"], c
+        assert tensors[c["group"]].shape[1] == c["kept"], c
+    assert any(c["kept"] < c["channels"] for c in cuts)
+    if "sensitivity" in stats:  # macs mode: the curves' groups are the cuts' groups
+        assert set(stats["sensitivity"]) <= {c["group"] for c in cuts}

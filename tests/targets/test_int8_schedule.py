@@ -144,13 +144,14 @@ def test_output_step_of_a_float_head_bounds_one_step_per_input():
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("Flatten", ["xd"], ["xf"]),
              helper.make_node("Gemm", ["xf", "w"], ["y"], transB=1),
-             helper.make_node("Relu", ["y"], ["y2"])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in ("y", "y2")]
+             helper.make_node("Relu", ["y"], ["y2"]), helper.make_node("Exp", ["y"], ["y3"])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in ("y", "y2", "y3")]
     graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               outs, inits)
     scales = _output_scales(helper.make_model(graph))
     assert scales[0] == pytest.approx(0.1 * 4.25)  # row 1 of W: 3 + 0.25 + 1
-    assert np.isnan(scales[1])  # not a linear function of the quantized input: unknown
+    assert scales[1] == scales[0]  # Relu never widens a difference
+    assert np.isnan(scales[2])  # Exp may: unknown
 
 
 def test_cli_quant_to_host_uses_hand_schedules_and_verifies(tmp_path):

@@ -1,0 +1,109 @@
+"""The aarch64 int8 conv steps, proven on the generated code and under qemu (issue 15).
+
+- cortex-a76 (`arm-sdot`): a 16-channel input block runs as one 16x16 step — the pixel's activations in one q
+  register, taken by the indexed ``sdot v.4s, v.16b, v.4b[g]`` — and the requant multiplies with ``sqdmulh``;
+- cortex-a72 (`arm-neon`): where no weight is -128, two int8 x int8 products share an int16 lane (``smull`` +
+  ``smlal``) before ``sadalp``; a -128 weight (which would overflow the int16 lane) keeps the one-product step.
+Each library is also run under qemu-aarch64 against the QDQ semantics (within one output step).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+tvm = pytest.importorskip("tvm")
+from compress_graph.targets import build_for_target  # noqa: E402
+from compress_graph.targets.int8.testing import ort_session, output_scales  # noqa: E402
+
+
+def _qdq_conv(tmp_path: Path, with_minus_128: bool) -> Path:
+    """x (uint8 QDQ) -> 3x3 conv 32 -> 32 channels (int8 per-channel weights) -> QDQ, at 10x12."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (32, 32, 3, 3)).astype(np.int8)
+    if with_minus_128:
+        w[5, 17, 1, 2] = -128
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s_x"),
+             numpy_helper.from_array(np.array(120, np.uint8), "z_x"),
+             numpy_helper.from_array(w, "w_q"),
+             numpy_helper.from_array(rng.uniform(0.002, 0.004, 32).astype(np.float32), "w_s"),
+             numpy_helper.from_array(np.array(0.4, np.float32), "s_y"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z_y")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s_y", "z_y"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s_y", "z_y"], ["y"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 10, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 10, 12])], inits)
+    path = tmp_path / f"conv{'_m128' if with_minus_128 else ''}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _build_and_run(path: Path, cpu: str, tmp_path: Path) -> tuple[str, float | None]:
+    """(the library's assembly, its max error in output steps under qemu against the QDQ semantics; None
+    without qemu)."""
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    model = onnx.load(str(path))
+    out = tmp_path / f"{path.stem}.{cpu}"
+    section = build_for_target(model, f"arm{{cpu={cpu},cores=1}}", out)
+    assert section["int8"]["converted"] > 0 and not section["schedule"].get("int8_hand_failed")
+    asm = _disassemble(Path(section["library"]))
+    if qemu_available("aarch64"):
+        return asm, None
+    x = np.random.default_rng(0).uniform(-6, 6, (1, 32, 10, 12)).astype(np.float32)
+    got = run_qemu(Path(section["library"]), [[x]], workdir=tmp_path)["outputs"][0][0]
+    want = ort_session(path).run(None, {"x": x})[0]
+    return asm, float(np.max(np.abs(np.asarray(got).reshape(want.shape) - want)) / output_scales(model)[0])
+
+
+def _disassemble(lib: Path) -> str:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("aarch64-linux-gnu-objdump")
+    if tool is None:
+        pytest.skip("aarch64-linux-gnu-objdump not installed (.ci/setup_arm.sh)")
+    return subprocess.run([tool, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _mnemonics(asm: str) -> dict[str, int]:
+    """Vector instructions (a NEON register operand) per mnemonic."""
+    counts: dict[str, int] = {}
+    for line in asm.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and re.match(r"\s*[0-9a-f]+:$", parts[0]) and re.search(r"\bv\d+\.", parts[2]):
+            counts[parts[1].strip()] = counts.get(parts[1].strip(), 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_a76_conv_uses_indexed_sdot_and_sqdmulh(tmp_path):
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, False), "cortex-a76", tmp_path)
+    indexed = re.findall(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", asm)
+    ops = _mnemonics(asm)
+    assert len(indexed) >= 64, f"{len(indexed)} indexed sdot"  # one 16x16 step = 16 of them, unrolled per pixel
+    assert ops.get("sqdmulh", 0) >= 4 and ops.get("smull", 0) == 0 and ops.get("smull2", 0) == 0, ops
+    assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minus_128", [False, True])
+def test_a72_conv_adds_two_products_in_int16_only_without_a_minus_128_weight(tmp_path, minus_128):
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, minus_128), "cortex-a72", tmp_path)
+    ops = _mnemonics(asm)
+    assert ops.get("sadalp", 0) > 0 and ops.get("sqdmulh", 0) > 0, ops
+    if minus_128:  # -128 * -128 twice would overflow the int16 lane: the one-product step
+        assert ops.get("smlal", 0) == 0, ops
+    else:
+        assert ops.get("smlal", 0) >= 8, ops
+    assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
