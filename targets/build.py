@@ -376,7 +376,9 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
 
         mod, fhand = schedule_fp32_kernels(mod, target)
         if fhand["scheduled"] or fhand["failed"]:
-            sched_report.update(fp32_hand_scheduled=len(fhand["scheduled"]), fp32_hand_failed=fhand["failed"])
+            sched_report.update(fp32_hand_scheduled=len(fhand["scheduled"]), fp32_hand_failed=fhand["failed"],
+                                **{k: fhand[k] for k in ("weights_prepacked", "weight_transforms_at_runtime")
+                                   if k in fhand})
     if module.DEVICE == "cpu" and options.get("schedule", "sample") == "none":
         sched_report.update(default="none (unscheduled loop nests)")
     elif module.DEVICE == "cpu":
@@ -394,10 +396,11 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         # (seen: "VectorizeLoop before LiftStorageAlloc" on an int8 conv for arm): such kernels go back to
         # their unscheduled loop nests and the build is retried once
         bad = schedule.unbuildable_kernels(mod, target)
-        if not bad:
+        known = {gv.name_hint for gv in before_defaults.functions.keys()}
+        if not bad or any(gv.name_hint not in known for gv in bad):  # e.g. a prepacked-weight kernel: no fallback
             raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc)}") from None
         for gv in bad:
-            mod[gv] = before_defaults[gv]
+            mod[gv] = before_defaults[before_defaults.get_global_var(gv.name_hint)]
         sched_report["schedules_dropped_unbuildable"] = sorted(gv.name_hint for gv in bad)
         say(f"{spec.text()}: {len(bad)} kernel schedule(s) did not build; those kernels stay unscheduled")
         try:

@@ -55,6 +55,13 @@ def kernel_sources(mod, int8_scheduled: list[str], fp32_scheduled: list[str],
     return dict(sorted(sources.items()))
 
 
+def _source(sources: dict[str, str], name: str) -> str:
+    """``name``'s schedule source; a kernel whose weight layout was folded into its constants (fp32 channel-vector
+    convs: relax's SplitLayoutRewritePreproc renames it ``<kernel>_prepacked``) is its original kernel."""
+    found = sources.get(name) or sources.get(name.removesuffix("_prepacked"))
+    return found or "not a model kernel (runtime function)"
+
+
 def measure(module, lib_path, feed: list[np.ndarray], options: dict[str, str],
             sources: dict[str, str]) -> dict[str, Any]:
     """The ``target.profile`` record: per-kernel times when ``module`` can run its library here, else a note.
@@ -148,7 +155,7 @@ def summarize(timed: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
     calls = timed["calls"]
     total = sum(s for _, s in calls.values())
     ranked = sorted(calls.items(), key=lambda kv: (-kv[1][1], kv[0]))
-    rows = [{"name": name, "schedule": sources.get(name, "not a model kernel (runtime function)"), "calls": n,
+    rows = [{"name": name, "schedule": _source(sources, name), "calls": n,
              "total_us": us(s), "mean_us": us(s / n), "share": round(s / total, 4) if total else 0.0}
             for name, (n, s) in ranked[:TOP_KERNELS]]
     record = {"status": "measured", "method": METHOD, "runs": timed["runs"], "run_us": us(timed["run_s"]),
