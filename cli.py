@@ -189,10 +189,10 @@ def cli() -> None:
 @click.option("--rpc", help="Tune/verify on a board through a TVM RPC tracker: host:port:key.")
 @click.option("--verify-target/--no-verify-target", default=False, help="Run the compiled library and compare.")
 @click.option("--profile", "profile", is_flag=True,
-              help="Time each kernel of the --target library on this machine (host target: TVM's time_evaluator "
-                   "on every kernel call of one inference; calls and microseconds per kernel) into report.json "
-                   "target.profile and the HTML report; other targets record why there is no number (ARM: "
-                   "per-kernel instruction counts in bench/arm). Off: the build costs what it did.")
+              help="Measure each kernel of the --target library into report.json target.profile and the HTML "
+                   "report: host: TVM's time_evaluator on every kernel call of one inference (calls, "
+                   "microseconds); arm{symbols=keep}: executed aarch64 instructions per kernel under qemu; other "
+                   "targets record why there is no number. Off: the build costs what it did.")
 @click.option("--time-budget", type=float, help="Tuning time budget in seconds.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Lower QDQ models to integer kernels.")
 @click.option("--timeout", type=float, help="Give up (exit 6, nothing written) after this many seconds.")
@@ -268,7 +268,7 @@ def _run(o: dict[str, Any]) -> None:
         load_plugin(spec)
     passes = parse_pipeline(o["pipeline"])  # usage errors before any work
     if o.get("profile") and not o["target"]:
-        raise UsageError("--profile times the kernels of a compiled library: give --target host")
+        raise UsageError("--profile measures the kernels of a compiled library: give --target host (or arm)")
     _check_accuracy_options(o)
     prefs: dict[str, Any] = {}
     if o["target"]:
@@ -358,8 +358,10 @@ def _run(o: dict[str, Any]) -> None:
             if prof.get("kernels"):
                 top = prof["kernels"][0]
                 name = top["name"] if len(top["name"]) <= 64 else top["name"][:30] + "..." + top["name"][-31:]
-                click.echo(f"profile: {prof['kernel_count']} kernels, {prof['kernels_us'] / 1e3:.3g} ms per "
-                           f"inference; heaviest {name} ({top['share']:.0%})", err=True)
+                amount = (f"{prof['kernels_instructions'] / 1e6:.3g} M instructions (qemu)"
+                          if prof.get("unit") == "instructions" else f"{prof['kernels_us'] / 1e3:.3g} ms")
+                click.echo(f"profile: {prof['kernel_count']} kernels, {amount} per inference; heaviest {name} "
+                           f"({top['share']:.0%})", err=True)
             elif prof:
                 click.echo(f"profile: {prof.get('status')} ({prof.get('reason')})", err=True)
         files = [out / "model.onnx", out / "report.json"] + ([out / "report.html"] if o.get("html") else [])

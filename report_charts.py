@@ -112,8 +112,9 @@ class Charts:
                   bbox_to_anchor=(1.01, 1.0))
         return self.img(fig, "prune sensitivity curves with the chosen cut per group")
 
-    def kernel_times(self, names: list[str], micros: list[float], sources: list[str], title: str) -> str:
-        """Horizontal bars of time per kernel (top to bottom as given), coloured by schedule source."""
+    def kernel_times(self, names: list[str], micros: list[float], sources: list[str], title: str,
+                     unit: str = "microseconds per inference") -> str:
+        """Horizontal bars of time (or ``unit``) per kernel (top to bottom as given), coloured by schedule source."""
         import numpy as np
         from matplotlib.patches import Patch
 
@@ -123,7 +124,7 @@ class Charts:
         ax.barh(y, micros, height=0.6, color=colors)
         ax.set_yticks(y, [short(n, 64) for n in names], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("microseconds per inference")
+        ax.set_xlabel(unit)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="x", alpha=0.3)
         seen = dict.fromkeys(sources)

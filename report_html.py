@@ -613,8 +613,10 @@ def _share(value: Any) -> str:
 def _kernel_times(target: dict[str, Any], charts: Charts) -> str:
     """``target.profile`` (--profile): run time, a chart of the heaviest kernels and a table of all recorded; without
     one, why not, and the kernel list with each kernel's schedule source (``target.kernel_schedules``)."""
-    out = ["<h3>Time per kernel</h3>"]
     prof = target.get("profile") if isinstance(target.get("profile"), dict) else {}
+    if prof.get("unit") == "instructions":
+        return _kernel_counts(prof, charts)
+    out = ["<h3>Time per kernel</h3>"]
     kernels = [(k, r) for k, r in enumerate(prof.get("kernels") or []) if isinstance(r, dict)
                and _is_num(r.get("total_us"))] if isinstance(prof.get("kernels"), list) else []
     if prof.get("status") == "measured" and kernels:
@@ -644,12 +646,48 @@ def _kernel_times(target: dict[str, Any], charts: Charts) -> str:
         status = prof.get("status", "not measured")
         out.append(_none(prof["reason"] if status == "not measured" else f"{status}: {prof['reason']}"))
     else:
-        out.append(_none("not recorded (time each kernel with --profile on a --target host build)"))
+        out.append(_none("not recorded (--profile: time per kernel on a --target host build, instructions per kernel "
+                         "under qemu on an arm{symbols=keep} build)"))
     sources = target.get("kernel_schedules")
     if isinstance(sources, dict) and sources:
         out.append(f"<p>The library's {len(sources)} kernels and where each one's schedule came from:</p>")
         out.append(_table(["kernel", "schedule"], [[f"<td><code>{_e(n)}</code></td>", f"<td>{_e(src)}</td>"]
                                                    for n, src in sources.items()]))
+    return "\n".join(out)
+
+
+def _kernel_counts(prof: dict[str, Any], charts: Charts) -> str:
+    """``target.profile`` of an arm library (targets/arm_profile.py): executed instructions per kernel under qemu."""
+    out = ["<h3>Instructions per kernel</h3>", f"<p>{_e(prof.get('method', ''))}.</p>"]
+    kernels = [(k, r) for k, r in enumerate(prof.get("kernels") or []) if isinstance(r, dict)
+               and _is_num(r.get("instructions"))] if isinstance(prof.get("kernels"), list) else []
+    keys = ("instructions", "kernels_instructions", "kernel_count")
+    out.append(_table(["whole run (instructions)", "in the kernels", "kernels"],
+                      [[_cell(prof.get(k), f"target.profile.{k}") for k in keys]]))
+    if not kernels:
+        out.append(_none("no kernel was attributed"))
+        return "\n".join(out)
+    top = [r for _, r in kernels[:MAX_KERNEL_BARS]]
+    out.append(charts.kernel_times([str(r.get("name")) for r in top], [r["instructions"] for r in top],
+                                   [str(r.get("schedule", "")) for r in top],
+                                   f"instructions per kernel: the {len(top)} heaviest",
+                                   unit="executed aarch64 instructions per inference (qemu)"))
+    rows = [[f"<td><code>{_e(r.get('name'))}</code></td>", f"<td>{_e(r.get('schedule', ''))}</td>",
+             _cell(r["instructions"], f"target.profile.kernels.{k}.instructions"), _share(r.get("share"))]
+            for k, r in kernels]
+    other = prof.get("other_kernels")
+    if isinstance(other, dict):
+        rows.append([f"<td>({_e(other.get('kernels'))} more kernels)</td>", "<td></td>",
+                     _cell(other.get("instructions"), "target.profile.other_kernels.instructions"),
+                     _share(other.get("share"))])
+    runtime = prof.get("runtime")
+    if isinstance(runtime, dict):
+        rows += [[f"<td>{_e(name)} (runtime)</td>", "<td></td>", _cell(n),  # file names hold dots: no key path
+                  "<td></td>"] for name, n in runtime.items()]
+    out.append(_table(["kernel", "schedule", "instructions", "share"], rows))
+    mix = prof.get("mix")
+    if isinstance(mix, dict) and mix:
+        out.append(_kv_table(mix, "target.profile.mix"))
     return "\n".join(out)
 
 

@@ -34,10 +34,12 @@ OPTIONS = {
                       ("strip", "keep")),
 }
 
-#: why ``--profile`` has no per-kernel time for this target (targets/kernel_profile.py)
-PROFILE_NOTE = ("per-kernel time is not measured for arm: the library runs on the board, or under qemu-aarch64 where "
-                "time is the emulator's. Executed instructions per kernel under qemu: bench/arm (python "
-                "bench/arm/run.py; libraries built with arm{symbols=keep}, results.json ours_functions)")
+def profile(lib_path, feed, options: dict[str, str]) -> dict[str, Any]:
+    """``--profile``: executed instructions per kernel under qemu-aarch64 (targets/arm_profile.py; time under qemu
+    is the emulator's). Needs a library built with ``arm{symbols=keep}``; else a skip with the reason."""
+    from compress_graph.targets import arm_profile
+
+    return arm_profile.count(lib_path, feed, options)
 
 
 def tvm_target(options: dict[str, str]):

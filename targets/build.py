@@ -461,7 +461,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
                                                      sched_report)
     profile_report = None
     if profile:
-        say(f"{spec.text()}: timing each kernel")
+        say(f"{spec.text()}: measuring each kernel (--profile)")
         t3 = time.monotonic()
         feed = (sample_inputs or random_feeds(inputs, n=1))[0]
         profile_report = kernel_profile.measure(module, lib, [np.asarray(feed[s.name], dtype=s.dtype) for s in inputs],

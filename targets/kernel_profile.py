@@ -11,7 +11,9 @@ build makes no in-place calls), so the extra runs leave the VM's own call the sa
 kernel times (each kernel is timed alone, with warm caches).
 
 Only a library that runs on this machine can be timed here (``--target host``); a target module says so by having
-a ``profile`` function. The others get a note saying why there is no number (``PROFILE_NOTE`` when they have one).
+a ``profile`` function. The arm target's counts executed instructions per kernel under qemu instead (its result
+is ``{"counted": ...}``, summarized by targets/arm_profile.py, ``unit: instructions``). The others get a note
+saying why there is no number (``PROFILE_NOTE`` when they have one).
 Times go into report.json only: model.json and the library stay byte-identical with or without ``--profile``.
 """
 
@@ -78,6 +80,10 @@ def measure(module, lib_path, feed: list[np.ndarray], options: dict[str, str],
         return {"status": "failed", "reason": ((str(exc).strip().splitlines() or [type(exc).__name__])[-1])[:300]}
     if "skipped" in timed:
         return {"status": "skipped", "reason": timed["skipped"]}
+    if "counted" in timed:  # instructions per kernel (targets/arm_profile.py), not time
+        from compress_graph.targets import arm_profile
+
+        return arm_profile.summarize(timed["counted"], sources, TOP_KERNELS)
     return summarize(timed, sources)
 
 

@@ -272,7 +272,7 @@ def test_target_section_shows_the_recorded_schedule():
                 "tuning.failed_trials"):
         value, pieces = page.cells[f"target.{key}"]
         assert json.loads(value) == lookup(target, key) and shown_number("".join(pieces)) == lookup(target, key)
-    assert "not recorded (time each kernel with --profile" in page.text("target")
+    assert "not recorded (--profile: time per kernel on a --target host build" in page.text("target")
     assert "not recorded (this report keeps tuning totals only)" in page.text("tuning")  # a report before curves
     assert len(page.images) == 2  # cost per pass, kernels by schedule source
     colours, ink = drawn(png(page.images[1]))
@@ -358,7 +358,9 @@ def test_host_profile_times_each_kernel_and_the_page_shows_them(tmp_path):
     assert len(sources) == target["schedule"]["kernels"]
     assert list(sources.values()).count("hand-scheduled fp32") == target["schedule"]["fp32_hand_scheduled"] > 0
     assert list(sources.values()).count("default (sampled)") == target["schedule"]["sampled"]
-    assert all(row["schedule"] == sources[row["name"]] for row in profile["kernels"])
+    # a conv whose weights were prepacked at build time runs as <kernel>_prepacked
+    assert all(row["schedule"] == sources[row["name"].removesuffix("_prepacked")] for row in profile["kernels"])
+    assert any(row["name"].endswith("_prepacked") for row in profile["kernels"])
     assert f"profile: {profile['kernel_count']} kernels" in r.stderr
     # times stay out of the artifact the build hashes and ships
     meta = (out / "host" / "model.json").read_text()
@@ -370,6 +372,46 @@ def test_host_profile_times_each_kernel_and_the_page_shows_them(tmp_path):
     text = page.text("target")
     assert all(row["name"] in text for row in profile["kernels"]) and "Time per kernel" in text
     assert len(page.images) == 4  # cost per pass, per layer, kernels by schedule source, time per kernel
+    colours, ink = drawn(png(page.images[-1]))
+    assert colours > 20 and ink > 0.02, (colours, ink)
+
+
+@pytest.mark.slow
+def test_arm_profile_counts_instructions_per_kernel_under_qemu(tmp_path):
+    """`--profile` on an arm{cpu=cortex-a76,symbols=keep} int8 build: executed instructions per kernel under qemu
+    (targets/arm_profile.py), the sdot convs the heaviest hand-scheduled kernels, and the page shows the counts."""
+    pytest.importorskip("tvm")
+    from compress_graph.targets import arm_profile
+
+    why = arm_profile.missing({"symbols": "keep"})
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "prof"
+    r = cli(RESNET, "--passes", "fold-bn,quant", "--target", "arm{cpu=cortex-a76,cores=1,symbols=keep}",
+            "--profile", "--html", "-o", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    target, profile = report["target"], report["target"]["profile"]
+    assert profile["status"] == "measured" and profile["unit"] == "instructions", profile
+    assert profile["threads_started"] == 0 and profile["mix"]["dot"] > 0.1  # the sdot kernels ran
+    rows = profile["kernels"]
+    counted = sum(row["instructions"] for row in rows) + profile.get("other_kernels", {}).get("instructions", 0)
+    assert counted == profile["kernels_instructions"]
+    whole = counted + sum(profile["runtime"].values())
+    assert 0.99 * profile["instructions"] <= whole <= 1.01 * profile["instructions"], (whole, profile["instructions"])
+    assert profile["kernels_instructions"] >= 0.8 * profile["instructions"]  # the kernels, not the runtime
+    sources = target["kernel_schedules"]
+    assert all(row["schedule"] == sources[row["name"]] for row in rows)
+    int8 = [row for row in rows if row["schedule"] == "hand-scheduled int8"]
+    assert len(int8) == target["schedule"]["int8_hand_scheduled"] and rows[0] in int8
+    assert "M instructions (qemu)" in r.stderr
+    assert "profile" not in (out / "arm" / "model.json").read_text()
+
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    keys = [f"target.profile.kernels.{k}.instructions" for k in range(len(rows))]
+    assert cells_match_report(page, report, keys + ["target.profile.instructions"]) > 10
+    text = page.text("target")
+    assert "Instructions per kernel" in text and all(row["name"] in text for row in rows)
     colours, ink = drawn(png(page.images[-1]))
     assert colours > 20 and ink > 0.02, (colours, ink)
 

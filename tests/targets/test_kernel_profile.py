@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 from compress_graph.cli import main
-from compress_graph.targets import arm, host, jetson, kernel_profile
+from compress_graph.targets import arm, arm_profile, host, jetson, kernel_profile
 from compress_graph.targets.tuning import _record_batch
 
 
 def test_targets_that_cannot_time_kernels_here_say_why():
-    note = kernel_profile.measure(arm, "model.so", [], {}, {})
-    assert note["status"] == "not measured" and "bench/arm" in note["reason"] and "qemu" in note["reason"]
+    note = kernel_profile.measure(arm, "model.so", [], {"cpu": "cortex-a72", "symbols": "strip"}, {})
+    assert note["status"] == "skipped" and "arm{symbols=keep}" in note["reason"]
     note = kernel_profile.measure(jetson, "model.so", [], {}, {})
     assert note["status"] == "not measured" and "--target host only" in note["reason"]
     assert callable(host.profile)
@@ -46,6 +46,25 @@ def test_summary_ranks_kernels_and_sums_the_rest():
     assert mean["k43"] == pytest.approx(44 / 2)  # two calls of 44 us in all
 
 
+def test_arm_counts_add_a_parallel_body_to_its_kernel_and_keep_the_runtime_apart():
+    functions = {"fused_conv_compute_": 900.0, "fused_conv": 100.0, "pool_compute_": 300.0, "pool_compute_1": 50.0,
+                 "libtvm_runtime.so": 120.0, "libc.so.6": 30.0, "(unmapped)": 0.0, "tiny_prepacked": 1.0}
+    counted = {"instructions": 1600.0, "functions": functions, "qemu_cpu": "cortex-a76", "mix": {"dot": 0.3}}
+    record = kernel_profile.measure(SimpleNamespace(profile=lambda *a: {"counted": counted}), "model.so", [], {},
+                                    {"fused_conv": "hand-scheduled int8", "pool": "default (sampled)",
+                                     "tiny": "hand-scheduled fp32"})
+    assert record["status"] == "measured" and record["unit"] == "instructions"
+    rows = {r["name"]: r for r in record["kernels"]}
+    assert list(rows) == ["fused_conv", "pool", "tiny_prepacked"] and rows["fused_conv"]["instructions"] == 1000
+    assert rows["tiny_prepacked"]["schedule"] == "hand-scheduled fp32"
+    assert rows["pool"]["instructions"] == 350 and rows["pool"]["schedule"] == "default (sampled)"
+    assert rows["fused_conv"]["share"] == pytest.approx(1000 / 1600, abs=1e-4)
+    assert record["runtime"] == {"libtvm_runtime.so": 120, "libc.so.6": 30, "(unmapped)": 0}
+    assert record["kernels_instructions"] == 1351 and record["kernel_count"] == 3 and "cortex-a76" in record["method"]
+    capped = arm_profile.summarize(counted, {"fused_conv": "", "pool": "", "tiny": ""}, top=1)
+    assert capped["other_kernels"] == {"kernels": 2, "instructions": 351, "share": round(351 / 1600, 4)}
+
+
 def test_tuning_curve_keeps_the_best_so_far_and_sums_once_every_task_has_one():
     tasks = [SimpleNamespace(ctx=SimpleNamespace(task_name=n), task_weight=w) for n, w in (("conv", 2), ("dense", 1))]
     stats = {"trials": 0, "tasks": [], "best_s": {}, "curve": []}
@@ -67,9 +86,10 @@ def test_profile_needs_a_target(capsys, models_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="aarch64 cross compiler absent")
 def test_an_arm_build_asked_to_profile_says_why_not_and_lists_its_kernels(tmp_path, tiny_model):
+    """Kernel symbols stripped (the default): no per-kernel counts, and the report says how to get them."""
     pytest.importorskip("tvm")
     from compress_graph.targets import build_for_target
 
     section = build_for_target(tiny_model(), "arm", tmp_path, profile=True)
-    assert section["profile"]["status"] == "not measured" and "bench/arm" in section["profile"]["reason"]
+    assert section["profile"]["status"] == "skipped" and "symbols=keep" in section["profile"]["reason"]
     assert len(section["kernel_schedules"]) == section["schedule"]["kernels"]
