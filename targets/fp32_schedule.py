@@ -96,7 +96,8 @@ def schedule_conv_channels(func, channels: int, max_pixels: int):
 
     Every vector lane does work however narrow the image (a 4x4 or 8x8 map filled a fraction of a pixel vector),
     one weight vector serves P pixels and the input is one broadcast per FMA (AVX-512: folded into the FMA as an
-    embedded broadcast). The weights are re-laid out OIHW -> (O/C)IHW[C] by a layout-rewrite preproc block that
+    embedded broadcast; aarch64: the P inputs loaded as vectors and taken by element, ``fmla v.4s, v.4s, v.s[i]``,
+    no broadcast at all). The weights are re-laid out OIHW -> (O/C)IHW[C] by a layout-rewrite preproc block that
     relax.transform.SplitLayoutRewritePreproc moves out of the kernel and FoldConstant folds into the constant
     (``fold_weight_layouts``). Raises NotAFloatConv where the output channels are not a multiple of C."""
 

@@ -129,10 +129,17 @@ class LinearRules:
         qmin, qmax = QRANGE[out_dtype]
         lo = qmin if lo is None else max(qmin, lo)
         hi = qmax if hi is None else min(qmax, hi)
+        if getattr(family, "FOLD_ZERO_POINT", False):  # aarch64: lets the clip be saturating narrows
+            folded = family.fold_zero_point(consts, bound, int(z_y))
+            if folded is not None:
+                consts, z_y = (*consts[:2], folded, consts[3]), 0
         m, left, rnd, k = (relax.const(v.reshape(bshape), "int32") for v in consts)
         b = relax.const(bias.astype(np.int32).reshape(bshape), "int32")
-        return self.builder_.emit_te(family.requant_te, acc, b, m, left, rnd, k, int(z_y), int(lo), int(hi),
-                                     out_dtype, primfunc_name_hint="requant")
+        args = (family.requant_te, acc, b, m, left, rnd, k, int(z_y), int(lo), int(hi), out_dtype)
+        out = self.builder_.emit_te(*args, primfunc_name_hint="requant")
+        if getattr(family, "FOLD_ZERO_POINT", False):  # a table lookup on it takes the clip without the narrows
+            self.narrowed[out] = lambda: self.builder_.emit_te(*args, primfunc_name_hint="requant", narrow=False)
+        return out
 
     def _matmul_weight(self, arg: relax.Expr) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Weight of ``x @ W`` as int8 (K, N): ``permute_dims(dq(W (N, K)))`` or ``dq(W (K, N))``."""

@@ -83,6 +83,9 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         self._split_cache: dict[Any, relax.Expr] = {}
         # new 8-bit NCHW var -> (packed NCHW[b]c var, b): lets consecutive packed ops skip the unpack
         self.packed_of: dict[Any, tuple[relax.Expr, int]] = {}
+        # requant results whose clip is a saturating narrow (aarch64), and how to emit them without it: a table
+        # lookup widens its index right back, which the narrow would make LLVM do instruction by instruction
+        self.narrowed: dict[Any, Any] = {}
         self._pending_packed: tuple[relax.Expr, int] | None = None
 
     def transform(self) -> tvm.IRModule:
@@ -317,7 +320,13 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         qmin = QRANGE[q.dtype][0]
         x = self._new(q.expr)
         packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
-        idx = relax.op.astype(x if packed is None else packed[0], "int32")
+        src = x if packed is None else packed[0]
+        alias = src
+        while isinstance(alias, relax.Var) and alias not in self.narrowed:  # through ``lv1 = lv0`` bindings
+            alias = self.builder_.lookup_binding(alias)
+        if isinstance(alias, relax.Var):  # the index from the int32 clip, not from the saturating narrows
+            src = self.narrowed[alias]()
+        idx = relax.op.astype(src, "int32")
         if qmin:
             idx = relax.op.subtract(idx, relax.const(qmin, "int32"))
         if table.ndim == 2:  # row c of the table for channel c (padding channels of a packed tensor: row 0)

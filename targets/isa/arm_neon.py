@@ -18,6 +18,8 @@ from compress_graph.targets.isa import arm_sdot
 # the epilogue is NEON's either way: the sdot family's 32-bit requantization
 requant_constants = arm_sdot.requant_constants
 requant_te = arm_sdot.requant_te
+fold_zero_point = arm_sdot.fold_zero_point
+FOLD_ZERO_POINT = True  # the zero point rides in the rounding constant (arm_sdot.fold_zero_point)
 
 NAME = "arm-neon"
 INPUT_OFFSET = 128

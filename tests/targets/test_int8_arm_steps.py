@@ -1,7 +1,8 @@
 """The aarch64 int8 conv steps, proven on the generated code and under qemu (issue 15).
 
 - cortex-a76 (`arm-sdot`): a 16-channel input block runs as one 16x16 step — the pixel's activations in one q
-  register, taken by the indexed ``sdot v.4s, v.16b, v.4b[g]`` — and the requant multiplies with ``sqdmulh``;
+  register, taken by the indexed ``sdot v.4s, v.16b, v.4b[g]`` — the requant multiplies with ``sqdmulh`` and
+  narrows int32 -> int16 -> uint8 with saturating ``sqxtn`` / ``sqxtun`` (no ``smax``/``smin`` clip);
 - cortex-a72 (`arm-neon`): where no weight is -128, two int8 x int8 products share an int16 lane (``smull`` +
   ``smlal``) before ``sadalp``; a -128 weight (which would overflow the int16 lane) keeps the one-product step.
 Each library is also run under qemu-aarch64 against the QDQ semantics (within one output step).
@@ -22,8 +23,9 @@ from compress_graph.targets import build_for_target  # noqa: E402
 from compress_graph.targets.int8.testing import ort_session, output_scales  # noqa: E402
 
 
-def _qdq_conv(tmp_path: Path, with_minus_128: bool) -> Path:
-    """x (uint8 QDQ) -> 3x3 conv 32 -> 32 channels (int8 per-channel weights) -> QDQ, at 10x12."""
+def _qdq_conv(tmp_path: Path, with_minus_128: bool, hardswish: bool = False) -> Path:
+    """x (uint8 QDQ) -> 3x3 conv 32 -> 32 channels (int8 per-channel weights) -> QDQ [-> HardSwish -> QDQ], at
+    10x12."""
     rng = np.random.default_rng(3)
     w = rng.integers(-127, 128, (32, 32, 3, 3)).astype(np.int8)
     if with_minus_128:
@@ -40,9 +42,16 @@ def _qdq_conv(tmp_path: Path, with_minus_128: bool) -> Path:
              helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("QuantizeLinear", ["c", "s_y", "z_y"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "s_y", "z_y"], ["y"])]
+    if hardswish:  # one table of the conv's codes (SiLU and hard-swish as the quant pass leaves them)
+        inits += [numpy_helper.from_array(np.array(0.2, np.float32), "s_h"),
+                  numpy_helper.from_array(np.array(10, np.uint8), "z_h")]
+        nodes[-1].output[0] = "yc"
+        nodes += [helper.make_node("HardSwish", ["yc"], ["h"]),
+                  helper.make_node("QuantizeLinear", ["h", "s_h", "z_h"], ["hq"]),
+                  helper.make_node("DequantizeLinear", ["hq", "s_h", "z_h"], ["y"])]
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 10, 12])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 10, 12])], inits)
-    path = tmp_path / f"conv{'_m128' if with_minus_128 else ''}.onnx"
+    path = tmp_path / f"conv{'_m128' if with_minus_128 else ''}{'_hswish' if hardswish else ''}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -93,6 +102,18 @@ def test_a76_conv_uses_indexed_sdot_and_sqdmulh(tmp_path):
     ops = _mnemonics(asm)
     assert len(indexed) >= 64, f"{len(indexed)} indexed sdot"  # one 16x16 step = 16 of them, unrolled per pixel
     assert ops.get("sqdmulh", 0) >= 4 and ops.get("smull", 0) == 0 and ops.get("smull2", 0) == 0, ops
+    assert ops.get("sqxtn", 0) + ops.get("sqxtn2", 0) >= 4 and ops.get("sqxtun", 0) + ops.get("sqxtun2", 0) >= 2, ops
+    assert ops.get("smax", 0) == 0 and ops.get("smin", 0) == 0, ops
+    assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
+
+
+@pytest.mark.slow
+def test_a76_requant_feeding_a_table_keeps_the_int32_clip(tmp_path):
+    """A table lookup widens its index right back to int32: the conv's requant feeding it clips in int32
+    (``smax``/``smin``, which LLVM folds with the widening) instead of narrowing with ``sqxtn``/``sqxtun``."""
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, False, hardswish=True), "cortex-a76", tmp_path)
+    ops = _mnemonics(asm)
+    assert ops.get("sqdmulh", 0) >= 4 and ops.get("sqxtn", 0) + ops.get("sqxtn2", 0) == 0, ops
     assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
 
 
