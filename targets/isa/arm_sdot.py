@@ -89,40 +89,26 @@ def register_intrinsic() -> None:
 
     # the activation vector (minus 128 by xor) is written out per use, LLVM loads and flips it once; the lane
     # broadcast (a shuffle of lane g) folds into the indexed sdot
+    @T.macro
+    def group(a, b, c, g):  # g: a Python int when the macro expands, so the shuffle's lanes are constants
+        for q in T.unroll(4):
+            c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
+                b.vload([g, q * 4, 0], dtype="int8x16"),
+                T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
+                                                       T.broadcast(T.int32(-2139062144), 4))], [g, g, g, g]),
+                              dtype="int8x16"), dtype="int32x4")
+
     @T.prim_func(s_tir=True)
     def impl_wide(a: T.Buffer((16,), "uint8", offset_factor=1), b: T.Buffer((4, 16, 4), "int8", offset_factor=1),
                   c: T.Buffer((16,), "int32", offset_factor=1)):
         with T.sblock("root"):
             T.reads(c[0:16], a[0:16], b[0:4, 0:16, 0:4])
             T.writes(c[0:16])
-            for q in T.unroll(4):
-                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
-                    b.vload([0, q * 4, 0], dtype="int8x16"),
-                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
-                                                           T.broadcast(T.int32(-2139062144), 4))], [0, 0, 0, 0]),
-                                  dtype="int8x16"), dtype="int32x4")
-            for q in T.unroll(4):
-                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
-                    b.vload([1, q * 4, 0], dtype="int8x16"),
-                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
-                                                           T.broadcast(T.int32(-2139062144), 4))], [1, 1, 1, 1]),
-                                  dtype="int8x16"), dtype="int32x4")
-            for q in T.unroll(4):
-                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
-                    b.vload([2, q * 4, 0], dtype="int8x16"),
-                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
-                                                           T.broadcast(T.int32(-2139062144), 4))], [2, 2, 2, 2]),
-                                  dtype="int8x16"), dtype="int32x4")
-            for q in T.unroll(4):
-                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(sdot), c.vload([q * 4], dtype="int32x4"),
-                    b.vload([3, q * 4, 0], dtype="int8x16"),
-                    T.reinterpret(T.Shuffle([T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x16"), dtype="int32x4"),
-                                                           T.broadcast(T.int32(-2139062144), 4))], [3, 3, 3, 3]),
-                                  dtype="int8x16"), dtype="int32x4")
+            group(a, b, c, 0)
+            group(a, b, c, 1)
+            group(a, b, c, 2)
+            group(a, b, c, 3)
 
     TensorIntrin.register(INTRIN_WIDE, desc_wide, impl_wide, override=True)
 
