@@ -81,3 +81,30 @@ def test_no_channel_tile_keeps_the_pixel_schedule(tmp_path, monkeypatch):
     section = build_for_target(_net(*CASES[0]), "host{isa=avx2}", tmp_path / "out", verify_target=True)
     assert section["schedule"]["fp32_hand_scheduled"] == 2 and "weights_prepacked" not in section["schedule"]
     assert section["verification"]["status"] == "passed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["arm{cpu=cortex-a72,cores=1}", "host{isa=avx2}"])
+def test_pixel_vector_convs_prepack_their_weights_on_aarch64_only(tmp_path, target):
+    """1x1 convs keep the pixel-vector schedule; on aarch64 its weights are prepacked per output-channel tile too
+    (paired loads instead of strided scalar ones), on x86 they stay OIHW (the FMA's embedded broadcast). The 1x1
+    conv at 7x9 (a width off the vector) runs over the flat H*W row."""
+    from compress_graph.targets.runners import qemu_available
+
+    if target.startswith("arm") and qemu_available("aarch64"):
+        pytest.skip(qemu_available("aarch64"))
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((24, 8, 1, 1)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "pw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    section = build_for_target(model, target, tmp_path / "out", verify_target=True)
+    sched = section["schedule"]
+    assert sched["fp32_hand_scheduled"] == 1, sched
+    if target.startswith("arm"):
+        assert sched["weights_prepacked"] == 1 and sched["weight_transforms_at_runtime"] == 0, sched
+    else:
+        assert "weights_prepacked" not in sched, sched
+    assert section["verification"]["status"] == "passed", section["verification"]
