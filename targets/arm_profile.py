@@ -14,6 +14,7 @@ apart under ``runtime``, by file or symbol.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import shutil
@@ -30,6 +31,7 @@ RUNS = 1  # counted runs after the warm-up; counts are deterministic, one is eno
 BODY = re.compile(r"_compute_\d*$")
 
 
+@functools.cache
 def _insn():
     """bench/arm/insn.py of this installation (the package is the repository; bench/ ships beside targets/)."""
     path = Path(__file__).resolve().parents[1] / "bench" / "arm" / "insn.py"
