@@ -25,6 +25,31 @@ def _fast_sigmoid(x):
                       name="fast_sigmoid")
 
 
+def _separable_max_pool(x, kernel, strides, padding, out_shape):
+    """NCHW max pool as two maxima: over the window's rows for every input column (``pool_rows``, reads whole
+    rows), then over its columns (``pool_cols``); out-of-range rows and columns (padding, ceil mode) are skipped as
+    -FLT_MAX, which is what the ONNX pool's padding means for max."""
+    from tvm import te
+
+    n, c, h, w = (int(v) for v in x.shape)
+    (kh, kw), (sh, sw), (top, left) = kernel, strides, padding[:2]
+    oh, ow = out_shape
+    low = tvm.tirx.min_value(x.dtype)
+    r = te.reduce_axis((0, kh), name="r")
+    rows = te.compute(
+        (n, c, oh, w),
+        lambda a, b, y, q: te.max(tvm.tirx.if_then_else(
+            tvm.tirx.all(y * sh + r >= top, y * sh + r < h + top), x[a, b, y * sh + r - top, q], low), axis=r),
+        name="pool_rows")
+    s = te.reduce_axis((0, kw), name="s")
+    return te.compute(
+        (n, c, oh, ow),
+        lambda a, b, y, col: te.max(tvm.tirx.if_then_else(
+            tvm.tirx.all(col * sw + s >= left, col * sw + s < w + left), rows[a, b, y, col * sw + s - left], low),
+            axis=s),
+        name="pool_cols")
+
+
 def _dtype(expr: relax.Expr) -> str:
     ty = expr.ty
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else ""
@@ -36,7 +61,7 @@ class _FloatRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.fast_math = fast_math
-        self.count = {"conv2d_transpose_phases": 0, "fast_sigmoid": 0}
+        self.count = {"conv2d_transpose_phases": 0, "fast_sigmoid": 0, "separable_max_pool": 0}
 
     def transform(self) -> tvm.IRModule:
         for gvar, func in self.mod_.functions_items():
@@ -50,12 +75,33 @@ class _FloatRewriter(relax.PyExprMutator):
         if name == "relax.sigmoid" and self.fast_math and _dtype(call.args[0]) == "float32":
             self.count["fast_sigmoid"] += 1
             return self.builder_.call_te(_fast_sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid")
+        if name == "relax.nn.max_pool2d":
+            pooled = self._max_pool(call)
+            if pooled is not None:
+                self.count["separable_max_pool"] += 1
+                return pooled
         if name == "relax.nn.conv2d_transpose":
             phased = self._conv_transpose(call)
             if phased is not None:
                 self.count["conv2d_transpose_phases"] += 1
                 return phased
         return call
+
+    def _max_pool(self, call: relax.Call) -> relax.Expr | None:
+        attrs = call.attrs
+        if str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW" or _dtype(call.args[0]) != "float32" \
+                or any(int(v) != 1 for v in attrs.dilation):
+            return None
+        try:
+            in_shape = [int(v) for v in call.args[0].ty.shape.values]
+            out_shape = [int(v) for v in call.ty.shape.values]
+        except (TypeError, AttributeError, ValueError):  # a dynamic shape
+            return None
+        if len(in_shape) != 4 or len(out_shape) != 4:
+            return None
+        return self.builder_.call_te(_separable_max_pool, call.args[0], [int(v) for v in attrs.pool_size],
+                                     [int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
+                                     out_shape[2:], primfunc_name_hint="max_pool2d")
 
     def _conv_transpose(self, call: relax.Call) -> relax.Expr | None:
         from compress_graph.targets import conv_transpose

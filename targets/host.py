@@ -22,6 +22,8 @@ OPTIONS = {
     "isa": Option("auto", "x86 instruction set of the library: this machine's CPU (auto), or build for another x86 "
                   "device: avx2 (Haswell: AVX2+FMA), avx512 (Skylake-AVX512), vnni (Cascade Lake: AVX-512 VNNI)",
                   ("auto", "avx2", "avx512", "vnni")),
+    "symbols": Option("strip", "kernel symbols in the library: strip (byte-identical across build folders) or "
+                      "keep (named kernels for profilers: perf, bench/x86's per-kernel counts)", ("strip", "keep")),
 }
 
 #: LLVM CPU models that stand for each x86 level (what the int8/fp32 kernels and LLVM's codegen then assume)
@@ -50,7 +52,9 @@ def tvm_target(options: dict[str, str]):
 
 
 def cross_compiler(options: dict[str, str]):
-    return None  # the default host C++ compiler
+    from compress_graph.targets.toolchain import host_compiler
+
+    return host_compiler(keep_symbols=options.get("symbols") == "keep")
 
 
 def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, workdir=None) -> dict[str, Any]:

@@ -27,13 +27,14 @@ def cross_compiler(compiler: str, *, keep_symbols: bool = False):
     return cc.cross_compiler(compiler, options=[] if keep_symbols else _REPRODUCIBLE)
 
 
-def host_compiler():
-    """The host's fcompile with the same reproducibility flags as the cross compilers."""
+def host_compiler(*, keep_symbols: bool = False):
+    """The host's fcompile with the same reproducibility flags as the cross compilers (``keep_symbols``: as
+    :func:`cross_compiler`)."""
     from tvm.support import cc
 
     for name in ("g++", "c++", "clang++"):
         if shutil.which(name):
-            return cc.cross_compiler(name, options=_REPRODUCIBLE)
+            return cc.cross_compiler(name, options=[] if keep_symbols else _REPRODUCIBLE)
     raise TargetError("no C++ compiler (g++) found to link the host library")
 
 

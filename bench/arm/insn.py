@@ -129,7 +129,8 @@ def _parse(report: Path) -> dict:
     return {"region": region, "clones": clones, "ops": ops, "blocks": blocks}
 
 
-def per_function(blocks: list[tuple[int, int]], maps: Path, library: Path) -> dict[str, int]:
+def per_function(blocks: list[tuple[int, int]], maps: Path, library: Path, nm: str = "aarch64-linux-gnu-nm"
+                 ) -> dict[str, int]:
     """Instructions per function of ``library`` (its symbols, by address), the rest per mapped file."""
     import bisect
 
@@ -145,7 +146,7 @@ def per_function(blocks: list[tuple[int, int]], maps: Path, library: Path) -> di
         spans.append((lo, hi, path))
     lib = str(Path(library).resolve())
     # built with arm{symbols=keep}: every kernel function (entry point and parallel body) is named
-    nm = subprocess.run(["aarch64-linux-gnu-nm", "--defined-only", str(library)], capture_output=True, text=True)
+    nm = subprocess.run([nm, "--defined-only", str(library)], capture_output=True, text=True)
     symbols = sorted((int(f[0], 16), f[2].removeprefix("__tvm_ffi_"))
                      for f in (line.split() for line in nm.stdout.splitlines()) if len(f) == 3 and f[1] in "tT")
     addrs = [a for a, _ in symbols]

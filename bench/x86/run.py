@@ -54,7 +54,12 @@ def count(kind: str, path: Path, inputs: list[np.ndarray], cpu: str, work: Path,
     parsed = insn._parse(report)
     ops = {k: v / runs for k, v in parsed["ops"].items()}
     data = np.load(work / "out.npz")
-    return {"instructions": parsed["region"] / runs, "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+    functions = {}
+    if kind == "tvm" and (work / "out.npz.maps").is_file():  # per kernel of the library (its symbols)
+        functions = {k: v / runs for k, v in insn.per_function(parsed["blocks"], work / "out.npz.maps", path,
+                                                                nm="nm").items()}
+    return {"instructions": parsed["region"] / runs, "functions": functions,
+            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
             "mix": mix(ops), "outputs": [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]}
 
 
@@ -81,7 +86,7 @@ def measure(name: str, variant: str, cpu: str, work: Path, runs: int) -> dict:
     path = compressed(name, variant, work)
     proto = onnx.load(str(path))
     inputs = list(insn.seeded_inputs(proto).values())
-    section = build_for_target(proto, "host{isa=avx2,cores=1}", work / f"{name}.{variant}")
+    section = build_for_target(proto, "host{isa=avx2,cores=1,symbols=keep}", work / f"{name}.{variant}")
     ours = count("tvm", Path(section["library"]), inputs, cpu, work / f"{name}.{variant}.tvm", runs)
     peer_model = insn.REPO / "models" / f"{name}.onnx" if variant == "headline" else path  # the uncompressed model
     peer = count("ort", peer_model, inputs, cpu, work / f"{name}.{variant}.ort", runs)
@@ -92,6 +97,7 @@ def measure(name: str, variant: str, cpu: str, work: Path, runs: int) -> dict:
             "ratio": round(ours["instructions"] / peer["instructions"], 3), "ours_mix": ours["mix"],
             "ort_mix": peer["mix"], "ours_top_ops": dict(list(ours["ops"].items())[:10]),
             "ort_top_ops": dict(list(peer["ops"].items())[:10]), "max_abs_diff_vs_ort": diff,
+            "ours_top_functions": {k: round(v) for k, v in list(ours["functions"].items())[:12]},
             "hand_scheduled": {"int8": sched.get("int8_hand_scheduled", 0), "fp32": sched.get("fp32_hand_scheduled", 0),
                                "kernels": sched.get("kernels")}}
 
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     meta = {"onnxruntime": onnxruntime.__version__, "runs": args.runs, "qemu": f"qemu-x86_64 7.2 -cpu {args.cpu}",
-            "threads": 1, "ours": "host{isa=avx2,cores=1}"}
+            "threads": 1, "ours": "host{isa=avx2,cores=1,symbols=keep}"}
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(table(rows))
     return 0
