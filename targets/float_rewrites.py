@@ -4,6 +4,9 @@
   interleave (targets/conv_transpose.py): the legalized transposed conv dilates its input with zeros and
   multiplies them (pose_s fp32 on aarch64: 108 M instructions in that one kernel), while the phase convs are
   ordinary convs that the float conv schedule (targets/fp32_schedule.py) vectorizes.
+- ``max_pool2d`` (float NCHW, static shape) becomes two separable maxima, over the window's rows then its columns
+  (``_separable_max_pool``), which targets/fp32_schedule.schedule_max_pool vectorizes: the legalized pool under a
+  sampled schedule gathered each window element with scalar inserts (resnet_s AVX2: 151 K instructions).
 - With the target's ``fast-math`` (the CPU targets' default, ``fastmath=on``): ``sigmoid`` as
   ``1 / (1 + fast_exp(-x))`` and TVM's fast ``exp`` / ``tanh`` / ``erf`` (``FastMathTransform``): polynomials that
   vectorize, where the legalized ops call libm's ``expf`` once per element (yolo_s's SiLUs: 5.5 M of its 20 M
