@@ -33,6 +33,7 @@ import tvm
 from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 
 CONV_BLOCK = "conv2d_nchw"
+GROUP_CONV_BLOCK = "group_conv2d_nchw"  # the legalizer's grouped and depthwise conv
 PAD_BLOCK = "pad_temp"
 OC_T = 4  # output channels per register tile where the ISA has 16 vector registers (targets/isa.float_oc_tile)
 
@@ -70,9 +71,29 @@ def _pow2_vector(extent: int, lanes: int) -> int:
 
 
 def _width_stride(block) -> int:
-    """The conv's stride along the width, read off its input index (``v_xx * 2 + v_rx``)."""
-    index = str(list(block.reads[0].region)[3].min)
-    return 2 if "* T.int64(2)" in index or "*2" in index.replace(" ", "") else 1
+    """The conv's stride along the width: the output column's coefficient in its input index (``v_xx * 2 + v_rx``;
+    a dilation multiplies the kernel column instead, ``v_xx + v_rx * 2``)."""
+    return _coefficient(list(block.reads[0].region)[3].min, block.iter_vars[3].var)
+
+
+def _coefficient(expr, var) -> int:
+    """The integer coefficient of ``var`` in an affine index expression (sums, differences, products with integer
+    constants, casts); 0 where it does not occur."""
+    tirx = tvm.tirx
+    if isinstance(expr, tirx.Var):
+        return 1 if expr.same_as(var) else 0
+    if isinstance(expr, tirx.Cast):
+        return _coefficient(expr.value, var)
+    if isinstance(expr, tirx.Add):
+        return _coefficient(expr.a, var) + _coefficient(expr.b, var)
+    if isinstance(expr, tirx.Sub):
+        return _coefficient(expr.a, var) - _coefficient(expr.b, var)
+    if isinstance(expr, tirx.Mul):
+        if isinstance(expr.b, tirx.IntImm):
+            return _coefficient(expr.a, var) * int(expr.b.value)
+        if isinstance(expr.a, tirx.IntImm):
+            return _coefficient(expr.b, var) * int(expr.a.value)
+    return 0
 
 
 def _copy_only(pad_block) -> bool:
@@ -149,22 +170,26 @@ def schedule_conv_channels(func, channels: int, max_pixels: int):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-def _open_conv(func):
+def _open_conv(func, grouped: bool = False):
     """(schedule, the conv block, the root's blocks after the epilogue chain was inlined into its last block, the
-    conv's position: 1 after a pad block, else 0)."""
+    conv's position: 1 after a pad block, else 0). ``grouped``: a grouped or depthwise conv's block is taken too."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    try:
-        conv = sch.get_sblock(CONV_BLOCK)
-    except Exception as exc:  # noqa: BLE001 - tvm raises its generic error for a missing block
-        raise NotAFloatConv(CONV_BLOCK) from exc
+    for name in (CONV_BLOCK, GROUP_CONV_BLOCK) if grouped else (CONV_BLOCK,):
+        try:
+            conv = sch.get_sblock(name)
+            break
+        except Exception:  # noqa: BLE001,S112 - tvm raises its generic error for a missing block
+            continue
+    else:
+        raise NotAFloatConv(CONV_BLOCK)
     if str(sch.get(conv).writes[0].source.dtype) != "float32":
         raise NotAFloatConv("not float32")
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
     names = [sch.get(b).name_hint for b in blocks]
-    at = names.index(CONV_BLOCK)
+    at = names.index(sch.get(conv).name_hint)
     if at > 1 or (at == 1 and names[0] != PAD_BLOCK):
         raise ValueError("producers fused before the conv")
     for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
@@ -189,12 +214,18 @@ def fold_weight_layouts(mod) -> tuple[Any, dict[str, int]]:
 
 def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = False):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ elementwise epilogue); raises if it does not fit.
-    ``prepack``: the weights re-laid out per output-channel tile at build time (aarch64)."""
-    sch, conv, blocks, at = _open_conv(func)
+    ``prepack``: the weights re-laid out per output-channel tile at build time (aarch64). Grouped and depthwise
+    convs too (each output channel reads its group's input rows: no input row shared across a depthwise tile)."""
+    sch, conv, blocks, at = _open_conv(func, grouped=True)
     root = sch.get_sblock("root")
     epilogue = sch.get_child_blocks(root)[at + 1:]
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
     phases = at == 1 and _width_stride(sch.get(conv)) == 2
+    if phases and sch.get(conv).name_hint == GROUP_CONV_BLOCK:
+        # the phase split costs ~4 scalar instructions per input element (int32 index arithmetic per scattered
+        # store), which one channel's KHxKW/4 MACs per element cannot carry (mobilenetv2_s's 64-channel 3x3/2
+        # depthwise on AVX2: 816 K instructions vs the sampled schedule's 202 K)
+        raise NotAFloatConv("a stride-2 grouped conv")
     if phases:
         # stride 2 along the width: the padded input is stored as its even and its odd columns, one after the other
         # (w -> (w % 2, w // 2)), so the conv reads each kernel column's inputs as one contiguous row where it
@@ -219,12 +250,22 @@ def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = Fa
     else:
         flat = False
     ow_t = _width_tile(width, lanes)
+    if ow_t == 1:  # a prime width: no pixel tile (the sampled default vectorizes what it can)
+        raise NotAFloatConv(f"no pixel tile for width {width}")
     # about 8 accumulator vectors: more output channels per tile when the pixel tile is one vector
-    oc_t = _tile(int(sch.get(ff).extent), oc_tile * max(1, (2 * lanes) // ow_t) if ow_t % lanes == 0 else oc_tile)
+    depthwise = sch.get(conv).name_hint == GROUP_CONV_BLOCK and int(sch.get(rc).extent) == 1
+    if depthwise:
+        # no input row serves two output channels: one channel per tile (4 unrolled ones: LLVM hoisted their 36
+        # taps' loads and spilled them), its rows serial inside the parallel channel loop, where the KHxKW weight
+        # broadcasts stay in registers
+        oc_t = 1
+    else:
+        oc_t = _tile(int(sch.get(ff).extent),
+                     oc_tile * max(1, (2 * lanes) // ow_t) if ow_t % lanes == 0 else oc_tile)
     ff_o, ff_i = sch.split(ff, [None, oc_t])
     xx_o, xx_i = sch.split(xx, [None, ow_t])
     sch.reorder(nn, ff_o, yy, xx_o, rc, ry, rx, ff_i, xx_i)
-    outer = sch.fuse(nn, ff_o, yy)
+    outer = sch.fuse(nn, ff_o) if depthwise else sch.fuse(nn, ff_o, yy)
     sch.parallel(outer)
     for block in epilogue:
         # flat pixels: a tile's pixels are no rectangle of the 4-d buffers, so the epilogue runs once per group of
@@ -355,10 +396,9 @@ def schedule_max_pool(func, lanes: int):
         x_o, x_i = sch.split(x, [None, vec])
         sch.reorder(n, c, y, x_o, s, x_i)
         sch.parallel(sch.fuse(n, c))
-        outer = y  # TVM allocates a buffer computed inside the parallel loop per iteration (a runtime workspace
-        # call): per channel, with the rows serial inside it, rather than per output row
+        outer = y
         sch.compute_at(rows, outer)
-        acc = sch.cache_write(cols, 0, "local")
+        acc = sch.cache_write(cols, 0, "global")  # "global": on the stack, as the conv accumulator's above
         if epilogue:
             sch.compute_inline(acc)
             out_block = epilogue[-1]
