@@ -53,6 +53,40 @@ def _separable_max_pool(x, kernel, strides, padding, out_shape):
         name="pool_cols")
 
 
+DW_PAD, DW_PHASES, DW_CONV = "dw_pad", "dw_phases", "dw_conv"  # the blocks fp32_schedule.schedule_depthwise_phases
+PHASE_GROUP = 8  # phase columns per deinterleave step (16 input columns -> 8 even + 8 odd)
+
+
+def _depthwise_phases(x, w, stride_h, padding, out_shape):
+    """A float NCHW depthwise conv of width stride 2 as three steps: the zero-padded input (``dw_pad``: rows as
+    contiguous vectors, widened to whole PHASE_GROUPs of both phases), its even and odd columns split apart
+    (``dw_phases``: a vector deinterleave, ``vshufps``/``vpermpd`` on AVX, ``ld2`` on NEON), and the conv over the
+    phases (``dw_conv``): kernel column ``rx`` reads phase ``rx % 2`` at column ``ox + rx // 2``, one contiguous
+    vector per tap. The legalized conv's phase split wrote each element with a scattered scalar store."""
+    from tvm import te
+
+    n, c, h, wd = (int(v) for v in x.shape)
+    kh, kw = (int(v) for v in w.shape[2:])
+    top, left = padding[:2]
+    oh, ow = out_shape
+    rows = (oh - 1) * stride_h + kh
+    half = -(-(ow + (kw - 1) // 2) // PHASE_GROUP) * PHASE_GROUP
+    zero = tvm.tirx.const(0.0, x.dtype)
+    padded = te.compute(
+        (n, c, rows, 2 * half),
+        lambda a, b, y, q: tvm.tirx.if_then_else(
+            tvm.tirx.all(y >= top, y < h + top, q >= left, q < wd + left), x[a, b, y - top, q - left], zero),
+        name=DW_PAD)
+    phases = te.compute((n, c, rows, 2, half), lambda a, b, y, p, j: padded[a, b, y, 2 * j + p], name=DW_PHASES)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    return te.compute(
+        (n, c, oh, ow),
+        lambda a, b, y, q: te.sum(phases[a, b, y * stride_h + ry, rx % 2, q + rx // 2] * w[b, 0, ry, rx],
+                                  axis=[ry, rx]),
+        name=DW_CONV)
+
+
 def _dtype(expr: relax.Expr) -> str:
     ty = expr.ty
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else ""
@@ -60,11 +94,13 @@ def _dtype(expr: relax.Expr) -> str:
 
 @relax.expr_functor.mutator
 class _FloatRewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, fast_math: bool):
+    def __init__(self, mod: tvm.IRModule, fast_math: bool, vector_cpu: bool):
         super().__init__(mod)
         self.mod_ = mod
         self.fast_math = fast_math
-        self.count = {"conv2d_transpose_phases": 0, "fast_sigmoid": 0, "separable_max_pool": 0}
+        self.vector_cpu = vector_cpu
+        self.count = {"conv2d_transpose_phases": 0, "fast_sigmoid": 0, "separable_max_pool": 0,
+                      "depthwise_phases": 0}
 
     def transform(self) -> tvm.IRModule:
         for gvar, func in self.mod_.functions_items():
@@ -83,6 +119,11 @@ class _FloatRewriter(relax.PyExprMutator):
             if pooled is not None:
                 self.count["separable_max_pool"] += 1
                 return pooled
+        if name == "relax.nn.conv2d" and self.vector_cpu:
+            phased = self._depthwise_stride2(call)
+            if phased is not None:
+                self.count["depthwise_phases"] += 1
+                return phased
         if name == "relax.nn.conv2d_transpose":
             phased = self._conv_transpose(call)
             if phased is not None:
@@ -105,6 +146,28 @@ class _FloatRewriter(relax.PyExprMutator):
         return self.builder_.call_te(_separable_max_pool, call.args[0], [int(v) for v in attrs.pool_size],
                                      [int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
                                      out_shape[2:], primfunc_name_hint="max_pool2d")
+
+    def _depthwise_stride2(self, call: relax.Call) -> relax.Expr | None:
+        """A float NCHW depthwise conv (channel multiplier 1) of width stride 2, static shape: _depthwise_phases."""
+        x, weight = call.args
+        attrs = call.attrs
+        if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" \
+                or str(attrs.out_layout or "NCHW") != "NCHW" or str(attrs.out_dtype or "") not in ("", "float32") \
+                or _dtype(x) != "float32" or _dtype(weight) != "float32" \
+                or any(int(v) != 1 for v in attrs.dilation) or int(attrs.strides[1]) != 2:
+            return None
+        try:
+            in_shape = [int(v) for v in x.ty.shape.values]
+            w_shape = [int(v) for v in weight.ty.shape.values]
+            out_shape = [int(v) for v in call.ty.shape.values]
+        except (TypeError, AttributeError, ValueError):  # a dynamic shape
+            return None
+        channels = in_shape[1] if len(in_shape) == 4 else -1
+        if len(w_shape) != 4 or int(attrs.groups) != channels or w_shape[:2] != [channels, 1]:
+            return None
+        return self.builder_.call_te(_depthwise_phases, x, weight, int(attrs.strides[0]),
+                                     [int(v) for v in attrs.padding], out_shape[2:],
+                                     primfunc_name_hint="depthwise_conv2d_s2")
 
     def _conv_transpose(self, call: relax.Call) -> relax.Expr | None:
         from compress_graph.targets import conv_transpose
@@ -147,8 +210,10 @@ class _FloatRewriter(relax.PyExprMutator):
 
 def rewrite_float_ops(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, dict[str, int]]:
     """``mod`` with the rewrites above (fast math where ``target`` asks for it); returns counts for the report."""
+    from compress_graph.targets import isa
+
     fast = bool(target.attrs.get("fast-math", False)) if hasattr(target.attrs, "get") else False
-    rewriter = _FloatRewriter(mod, fast)
+    rewriter = _FloatRewriter(mod, fast, isa.float_lanes(target) is not None)
     mod = rewriter.transform()
     if fast and str(target.kind.name) == "llvm":
         mod = relax.transform.FastMathTransform()(mod)

@@ -27,6 +27,7 @@ maxima, a vectorized one (schedule_max_pool).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import tvm
@@ -346,6 +347,114 @@ def schedule_interleave(func):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
+DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
+
+
+def _vectorized_padding(sch, pad, loop, lanes: int) -> None:
+    """A zero-padding block (``if_then_else(in bounds, x, 0)``) as a fill of zeros then a copy of the in-bound
+    region, both placed at ``loop`` with their rows' innermost loops as whole vectors: the padding vectorized as
+    one block lost its vectors to the bounds check on aarch64 (a scalar load and store per element)."""
+    fill = sch.decompose_padding(pad, loop)
+    for block in (fill, pad):
+        last = sch.get_loops(block)[-1]
+        vec = _pow2_vector(int(sch.get(last).extent), lanes)
+        if vec > 1:
+            sch.vectorize(sch.split(last, [None, vec])[1])
+
+
+@functools.cache
+def _register_deinterleave() -> str:
+    """A tensor intrinsic: 16 contiguous floats -> their 8 even and 8 odd elements, two rows of a strided (2, 8)
+    buffer, as two vector shuffles (LLVM: ``vshufps`` + ``vpermpd`` on AVX2, ``ld2`` on NEON)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, c: T.handle):
+        stride = T.int64()
+        src = T.match_buffer(a, (16,), "float32", offset_factor=1)
+        dst = T.match_buffer(c, (2, 8), "float32", strides=[stride, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(src[0:16])
+            T.writes(dst[0:2, 0:8])
+            for p, j in T.grid(2, 8):
+                with T.sblock("update"):
+                    vp, vj = T.axis.remap("SS", [p, j])
+                    dst[vp, vj] = src[vj * 2 + vp]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, c: T.handle):
+        stride = T.int64()
+        src = T.match_buffer(a, (16,), "float32", offset_factor=1)
+        dst = T.match_buffer(c, (2, 8), "float32", strides=[stride, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(src[0:16])
+            T.writes(dst[0:2, 0:8])
+            dst[0, T.Ramp(0, 1, 8)] = T.Shuffle([src[T.Ramp(0, 1, 8)], src[T.Ramp(8, 1, 8)]],
+                                                [0, 2, 4, 6, 8, 10, 12, 14])
+            dst[1, T.Ramp(0, 1, 8)] = T.Shuffle([src[T.Ramp(0, 1, 8)], src[T.Ramp(8, 1, 8)]],
+                                                [1, 3, 5, 7, 9, 11, 13, 15])
+
+    TensorIntrin.register(DEINTERLEAVE_INTRIN, desc, impl)
+    return DEINTERLEAVE_INTRIN
+
+
+def schedule_depthwise_phases(func, lanes: int):
+    """A stride-2 float depthwise conv as float_rewrites._depthwise_phases writes it (+ a fused elementwise
+    epilogue): the padded rows as vectors, the even/odd split by the deinterleave intrinsic (8 phase columns per
+    step), then per channel (parallel) and output row a tile of output pixels as vectors, every tap one contiguous
+    load of its phase and one FMA with the tap's weight broadcast."""
+    from compress_graph.targets.float_rewrites import DW_CONV, DW_PAD, DW_PHASES, PHASE_GROUP
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    try:
+        pad, phases, conv = (sch.get_sblock(name) for name in (DW_PAD, DW_PHASES, DW_CONV))
+    except Exception as exc:  # noqa: BLE001 - tvm raises its generic error for a missing block
+        raise NotAFloatConv(DW_CONV) from exc
+    root = sch.get_sblock("root")
+    for block in sch.get_child_blocks(root)[3:-1]:  # the epilogue chain collapses into its last block
+        sch.compute_inline(block)
+    epilogue = sch.get_child_blocks(root)[3:]
+    a, b, y, q = sch.get_loops(pad)
+    sch.parallel(sch.fuse(a, b))
+    _vectorized_padding(sch, pad, q, lanes)
+    a, b, y, p, j = sch.get_loops(phases)
+    j_o, j_i = sch.split(j, [None, PHASE_GROUP])
+    sch.reorder(j_o, p, j_i)
+    sch.parallel(sch.fuse(a, b, y))
+    sch.tensorize(p, _register_deinterleave())
+    a, b, y, q, ry, rx = sch.get_loops(conv)
+    width = int(sch.get(q).extent)
+    ow_t = _width_tile(width, lanes)
+    if ow_t == 1:
+        raise NotAFloatConv(f"no pixel tile for width {width}")
+    q_o, q_i = sch.split(q, [None, ow_t])
+    sch.reorder(q_o, ry, rx, q_i)
+    sch.parallel(sch.fuse(a, b))  # the rows serial: the taps' weight broadcasts stay in registers
+    if epilogue:
+        sch.reverse_compute_at(epilogue[-1], q_o)
+    vec = _pow2_vector(ow_t, lanes)
+    if ow_t // vec > 1:
+        q_u, q_i = sch.split(q_i, [None, vec])
+        sch.unroll(q_u)
+    if vec > 1:
+        sch.vectorize(q_i)
+    sch.unroll(ry)
+    sch.unroll(rx)
+    init = sch.decompose_reduction(conv, ry)
+    if vec > 1:
+        sch.vectorize(sch.get_loops(init)[-1])
+    if epilogue:
+        last = sch.get_loops(epilogue[-1])[-1]
+        step = _pow2_vector(int(sch.get(last).extent), lanes)
+        if step > 1:
+            outer_px, last = sch.split(last, [None, step])
+            sch.unroll(outer_px)
+            sch.vectorize(last)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
 POOL_ROWS, POOL_COLS = "pool_rows", "pool_cols"  # float_rewrites._separable_max_pool
 
 
@@ -450,6 +559,7 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
             raise NotAFloatConv(str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "") from exc
 
     mod, stats = hand_schedule(mod, (channels_first, lambda f: schedule_conv_nchw(f, lanes, oc_tile, prepack),
-                                     schedule_interleave, lambda f: schedule_max_pool(f, lanes)), NotAFloatConv)
+                                     schedule_interleave, lambda f: schedule_max_pool(f, lanes),
+                                     lambda f: schedule_depthwise_phases(f, lanes)), NotAFloatConv)
     mod, folded = fold_weight_layouts(mod)
     return mod, {**stats, **folded}

@@ -2,9 +2,11 @@
 
 A depthwise conv is one channel per tile with its rows serial inside the parallel channel loop (the KxK weight
 broadcasts stay in registers); a grouped conv with several input channels per group keeps the usual output-channel
-tile. Stride-2 grouped convs are left to the sampled default (the phase-split input costs more than one channel's
-MACs carry). Seeded nets with odd sizes, dilation, a channel multiplier and a Clip epilogue are built for AVX2 on
-the host and for aarch64 under qemu, and compared with onnxruntime (the build's own verification).
+tile. Stride-2 grouped convs are left to the sampled default (the phase-split input costs more than one group's
+MACs carry), stride-2 depthwise ones become float_rewrites._depthwise_phases (padded rows, an even/odd column
+deinterleave, a conv over the phases) under schedule_depthwise_phases. Seeded nets with odd sizes, dilation, a
+channel multiplier and a Clip epilogue are built for AVX2 on the host and for aarch64 under qemu, and compared with
+onnxruntime (the build's own verification).
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ CASES = {  # id: (seed, channels, (H, W), k, stride, dilation, groups, channel m
     "dw5x5-dil2": ((2, 8, (9, 12), 5, 1, 2, 8), True),
     "dw3x3-mult2": ((3, 8, (7, 7), 3, 1, 1, 8, 2), True),
     "grouped4": ((4, 16, (10, 10), 3, 1, 1, 4), True),
-    "dw3x3-s2": ((5, 24, (16, 16), 3, 2, 1, 24), False),
+    "dw3x3-s2": ((5, 24, (16, 16), 3, 2, 1, 24), True),
+    "dw3x3-s2-odd": ((7, 12, (15, 17), 3, 2, 1, 12), True),
+    "dw5x5-s2": ((8, 8, (20, 12), 5, 2, 1, 8), True),
+    "grouped4-s2": ((9, 16, (10, 10), 3, 2, 1, 4), False),  # the phase split outweighs a 4-channel group's MACs
 }
 
 
