@@ -106,7 +106,7 @@ def _copy_only(pad_block) -> bool:
 PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"  # relax.transform.SplitLayoutRewritePreproc's mark
 
 
-def schedule_conv_channels(func, channels: int, max_pixels: int):
+def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bool = False):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ epilogue) with output channels as the vector dimension:
 
         for (n, oc_outer, oh)  parallel
@@ -122,7 +122,9 @@ def schedule_conv_channels(func, channels: int, max_pixels: int):
     embedded broadcast; aarch64: the P inputs loaded as vectors and taken by element, ``fmla v.4s, v.4s, v.s[i]``,
     no broadcast at all). The weights are re-laid out OIHW -> (O/C)IHW[C] by a layout-rewrite preproc block that
     relax.transform.SplitLayoutRewritePreproc moves out of the kernel and FoldConstant folds into the constant
-    (``fold_weight_layouts``). Raises NotAFloatConv where the output channels are not a multiple of C."""
+    (``fold_weight_layouts``). Raises NotAFloatConv where the output channels are not a multiple of C.
+    ``unroll_taps``: the KHxKW loops unrolled too, so that LLVM loads each input broadcast once for the kernel
+    columns that share it (AVX2, no embedded broadcast: 1 + (P - 1) / KW broadcasts per P pixels and tap)."""
 
     sch, conv, blocks, at = _open_conv(func)
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
@@ -155,6 +157,9 @@ def schedule_conv_channels(func, channels: int, max_pixels: int):
         out_block = acc
     sch.reverse_compute_at(out_block, xx_o)
     sch.unroll(xx_i)
+    if unroll_taps:
+        sch.unroll(rx)
+        sch.unroll(ry)
     sch.vectorize(ff_i)
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -544,19 +549,20 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     if lanes is None:
         return mod, {"scheduled": [], "failed": {}}
     oc_tile = isa.float_oc_tile(target)
-    tiles = isa.float_channel_tile(target)
+    tiles = isa.float_channel_tiles(target)
     prepack = features.arch_is(target, features.AARCH64, default=False)
 
     def channels_first(func):
-        """The channel-vector schedule where it fits; anything else (NotAFloatConv) gets the pixel-vector one."""
-        if tiles is None:
-            raise NotAFloatConv("no channel tile for this target")
-        try:
-            return schedule_conv_channels(func, *tiles)
-        except NotAFloatConv:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a schedule primitive refused: the pixel schedule may fit
-            raise NotAFloatConv(str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "") from exc
+        """The first channel-vector tile that fits; anything else (NotAFloatConv) gets the pixel-vector schedule."""
+        reason = "no channel tile for this target"
+        for tile in tiles:
+            try:
+                return schedule_conv_channels(func, *tile)
+            except NotAFloatConv as exc:  # e.g. channels not a multiple of this tile's: the next tile may fit
+                reason = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a schedule primitive refused: the pixel schedule may fit
+                raise NotAFloatConv(str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "") from exc
+        raise NotAFloatConv(reason)
 
     mod, stats = hand_schedule(mod, (channels_first, lambda f: schedule_conv_nchw(f, lanes, oc_tile, prepack),
                                      schedule_interleave, lambda f: schedule_max_pool(f, lanes),

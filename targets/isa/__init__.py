@@ -60,25 +60,35 @@ def float_oc_tile(target) -> int:
     return 8 if features.has(target, "avx512f") else 4
 
 
-def float_channel_tile(target) -> tuple[int, int] | None:
-    """(output channels, most output pixels) of a channel-vector fp32 conv tile (targets/fp32_schedule.
-    schedule_conv_channels: kxk convs), or None where the pixel-vector schedule stays (armv7: 16 vector registers).
-    Measured (aarch64: instructions on cortex-a72 under qemu; AVX-512: this host's time, 1 thread), ours /
-    onnxruntime fp32, pixel-vector -> channel-vector: aarch64 (8, 8) resnet_s 0.76 -> 0.66, pose_s 0.97 -> 0.86,
-    yolo_s 0.89 -> 0.81 ((16, 6): 0.72 / 0.93 / 0.83; (8, 12): pose_s 1.04); AVX-512 (16, 12) resnet_s 1.38 ->
-    1.00x, pose_s 1.94 -> 1.00x, yolo_s 0.93 -> 0.70x ((16, 8): pose_s 1.12x); AVX2 (8, 8) (instructions under
-    qemu -cpu Haswell) resnet_s 1.53 -> 1.20, pose_s 1.40 -> 1.05, yolo_s 1.25 -> 1.05 ((8, 12): pose_s 1.14).
-    ``COMPRESS_GRAPH_FP32_CHANNEL_TILE`` ("C,P" or "off") overrides it (for such measurements)."""
+def float_channel_tiles(target) -> list[tuple[int, int, bool]]:
+    """(output channels, most output pixels, taps unrolled) of the channel-vector fp32 conv tiles
+    (targets/fp32_schedule.schedule_conv_channels: kxk convs) in preference order, a conv taking the first whose
+    channel count divides its own; [] where the pixel-vector schedule stays (armv7: 16 vector registers).
+    Measured (aarch64: instructions on cortex-a72 under qemu; AVX-512: this host's time, 1 thread; AVX2:
+    instructions under qemu -cpu Haswell), ours / onnxruntime fp32, pixel-vector -> channel-vector: aarch64 (8, 8)
+    resnet_s 0.76 -> 0.66, pose_s 0.97 -> 0.86, yolo_s 0.89 -> 0.81 ((16, 6): 0.72 / 0.93 / 0.83; (8, 12): pose_s
+    1.04); AVX-512 (16, 12) resnet_s 1.38 -> 1.00x, pose_s 1.94 -> 1.00x, yolo_s 0.93 -> 0.70x ((16, 8): pose_s
+    1.12x); AVX2 (8, 8) resnet_s 1.53 -> 1.20, pose_s 1.40 -> 1.05, yolo_s 1.25 -> 1.05 ((8, 12): pose_s 1.14), then
+    (16, 4) with the taps unrolled where the channels allow, (8, 8) elsewhere: resnet_s 1.02 -> 0.95, pose_s 1.02
+    -> 0.94 ((16, 4) rolled: resnet_s 1.01; (16, 6) unrolled: pose_s 1.12, 12 accumulators + 8 shared broadcasts
+    spill; (8, 8) unrolled: unchanged). ``COMPRESS_GRAPH_FP32_CHANNEL_TILE`` ("C,P[,u];C,P..." or "off")
+    overrides it (for such measurements)."""
     import os
 
     from compress_graph.targets.isa import features
 
     override = os.environ.get("COMPRESS_GRAPH_FP32_CHANNEL_TILE")
     if override:
-        return None if override == "off" else tuple(int(v) for v in override.split(","))  # type: ignore[return-value]
+        if override == "off":
+            return []
+        tiles = []
+        for part in override.split(";"):
+            fields = part.split(",")
+            tiles.append((int(fields[0]), int(fields[1]), fields[2:] == ["u"]))
+        return tiles
     lanes = float_lanes(target)
     if lanes is None:
-        return None
+        return []
     if not features.arch_is(target, features.X86, default=True):
-        return (8, 8) if features.arch_is(target, features.AARCH64, default=False) else None
-    return {16: (16, 12), 8: (8, 8)}.get(lanes)
+        return [(8, 8, False)] if features.arch_is(target, features.AARCH64, default=False) else []
+    return {16: [(16, 12, False)], 8: [(16, 4, True), (8, 8, False)]}.get(lanes, [])
