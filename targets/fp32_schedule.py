@@ -106,7 +106,8 @@ def _copy_only(pad_block) -> bool:
 PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"  # relax.transform.SplitLayoutRewritePreproc's mark
 
 
-def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bool = False):
+def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bool = False,
+                           lanes: int | None = None):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ epilogue) with output channels as the vector dimension:
 
         for (n, oc_outer, oh)  parallel
@@ -124,7 +125,8 @@ def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bo
     relax.transform.SplitLayoutRewritePreproc moves out of the kernel and FoldConstant folds into the constant
     (``fold_weight_layouts``). Raises NotAFloatConv where the output channels are not a multiple of C.
     ``unroll_taps``: the KHxKW loops unrolled too, so that LLVM loads each input broadcast once for the kernel
-    columns that share it (AVX2, no embedded broadcast: 1 + (P - 1) / KW broadcasts per P pixels and tap)."""
+    columns that share it (AVX2, no embedded broadcast: 1 + (P - 1) / KW broadcasts per P pixels and tap).
+    ``lanes``: the ISA's float vector width (the padded input's rows; default C)."""
 
     sch, conv, blocks, at = _open_conv(func)
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
@@ -169,10 +171,8 @@ def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bo
         sch.vectorize(out_px)
     else:
         sch.unroll(out_px)
-    if at == 1:  # the padded input: one vectorized pass
-        loops = sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[1])
-        sch.parallel(sch.fuse(*loops[:-2]))
-        sch.vectorize(loops[-1])
+    if at == 1:  # the padded input: zeros, then the in-bound rows as vectors
+        _schedule_pad(sch, sch.get_child_blocks(sch.get_sblock("root"))[1], lanes or channels)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
@@ -301,12 +301,13 @@ def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = Fa
                 outer_px, last = sch.split(last, [None, step])
                 sch.unroll(outer_px)
             sch.vectorize(last)
-    if at == 1:  # the padded input: one vectorized pass (phase-split: written by scattered scalar stores)
+    if at == 1:  # the padded input (phase-split: written by scattered scalar stores)
         pad = sch.get_child_blocks(root)[0]
         loops = sch.get_loops(pad)
-        sch.parallel(sch.fuse(*loops[:-2]))
-        if not phases:
-            sch.vectorize(loops[-1])
+        if phases:
+            sch.parallel(sch.fuse(*loops[:-2]))
+        else:
+            _schedule_pad(sch, pad, lanes)
     if prepack and oc_t > 1:
         # the tile's OC_T weights of one (ic, kh, kw) contiguous, (O/OC_T)IHW[OC_T] prepacked at build time: paired
         # loads (`ldp s`) where OIHW made them OC_T scalar loads strided by IC*KH*KW. Measured on cortex-a72:
@@ -357,14 +358,49 @@ DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
 
 def _vectorized_padding(sch, pad, loop, lanes: int) -> None:
     """A zero-padding block (``if_then_else(in bounds, x, 0)``) as a fill of zeros then a copy of the in-bound
+    region, both placed at ``loop`` (a row) with their innermost loops as vectors: vectorized as one block, the
+    padding lost its vectors to the bounds check on aarch64 (a scalar load and store per element)."""
+    blocks = [sch.decompose_padding(pad, loop), pad]
+    for block in blocks:
+        last = sch.get_loops(block)[-1]
+        extent = int(sch.get(last).extent)
+        if extent <= 32 * lanes:  # a row as one vector (66 = 64 + 2 pad: LLVM splits it into whole vectors); a loop
+            sch.vectorize(last)  # of row pieces would become a libc memcpy/memset call (LLVM's loop idioms)
+        elif extent % lanes == 0:
+            sch.vectorize(sch.split(last, [None, lanes])[1])
+
+
+def _schedule_pad(sch, pad, lanes: int) -> None:
+    """The legalizer's padded input of a conv (n, c, h, w): parallel over (n, c), each row zeros then the in-bound
+    vector copy (_vectorized_padding); a pad block that pads nothing (a plain copy) stays one vectorized pass
+    parallel over its rows (serial rows of a plain copy become one libc memcpy per channel)."""
+    loops = sch.get_loops(pad)
+    if sch.can_decompose_padding(pad, loops[-1]):
+        sch.parallel(sch.fuse(*loops[:-2]))
+        _vectorized_padding(sch, pad, loops[-1], lanes)
+    else:
+        sch.parallel(sch.fuse(*loops[:-1]))
+        sch.vectorize(loops[-1])
+
+
+DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
+
+
+def _vectorized_padding(sch, pad, loop, lanes: int) -> None:
+    """A zero-padding block (``if_then_else(in bounds, x, 0)``) as a fill of zeros then a copy of the in-bound
     region, both placed at ``loop`` with their rows' innermost loops as whole vectors: the padding vectorized as
     one block lost its vectors to the bounds check on aarch64 (a scalar load and store per element)."""
-    fill = sch.decompose_padding(pad, loop)
-    for block in (fill, pad):
+    try:
+        blocks = [sch.decompose_padding(pad, loop), pad]
+    except Exception:  # noqa: BLE001 - no padding pattern (a plain copy): one vectorized block
+        blocks = [pad]
+    for block in blocks:
         last = sch.get_loops(block)[-1]
-        vec = _pow2_vector(int(sch.get(last).extent), lanes)
-        if vec > 1:
-            sch.vectorize(sch.split(last, [None, vec])[1])
+        extent = int(sch.get(last).extent)
+        if extent <= 32 * lanes:  # a row as one vector (66 = 64 + 2 pad: LLVM splits it into whole vectors); a loop
+            sch.vectorize(last)  # of row pieces would become a libc memcpy/memset call (LLVM's loop idioms)
+        elif extent % lanes == 0:
+            sch.vectorize(sch.split(last, [None, lanes])[1])
 
 
 @functools.cache
@@ -557,7 +593,7 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         reason = "no channel tile for this target"
         for tile in tiles:
             try:
-                return schedule_conv_channels(func, *tile)
+                return schedule_conv_channels(func, *tile, lanes=lanes)
             except NotAFloatConv as exc:  # e.g. channels not a multiple of this tile's: the next tile may fit
                 reason = str(exc)
             except Exception as exc:  # noqa: BLE001 - a schedule primitive refused: the pixel schedule may fit
