@@ -19,7 +19,10 @@ loop nest before the conv (vectorized). Shapes that would defeat the vectors are
 width off the vector runs over the flat H*W pixel row, a stride-2 conv reads its padded input split into even and
 odd columns, and a 3-vector tile is 3 unrolled power-of-two vectors. kxk convs on aarch64 and x86 get the transposed
 tile instead, output channels as the vector dimension (schedule_conv_channels, with prepacked weights), where the
-channel count is a multiple of the tile's. Kernels this does not fit keep what the caller
+channel count is a multiple of the tile's. Depthwise convs take the pixel-vector schedule with one channel per tile
+(stride 2: float_rewrites._depthwise_phases under schedule_depthwise_phases, an even/odd column deinterleave by
+vector shuffles). A conv's padded input is a row of zeros then the in-bound row as vectors (_schedule_pad). Kernels
+this does not fit keep what the caller
 does next (tuning records win over it; the rest get the sampled default). A transposed conv's phase interleave gets
 a scalar copy schedule (schedule_interleave); a max pool, which targets/float_rewrites.py writes as two separable
 maxima, a vectorized one (schedule_max_pool).
