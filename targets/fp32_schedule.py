@@ -356,9 +356,6 @@ def schedule_interleave(func):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
-
-
 def _vectorized_padding(sch, pad, loop, lanes: int) -> None:
     """A zero-padding block (``if_then_else(in bounds, x, 0)``) as a fill of zeros then a copy of the in-bound
     region, both placed at ``loop`` (a row) with their innermost loops as vectors: vectorized as one block, the
@@ -387,23 +384,6 @@ def _schedule_pad(sch, pad, lanes: int) -> None:
 
 
 DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
-
-
-def _vectorized_padding(sch, pad, loop, lanes: int) -> None:
-    """A zero-padding block (``if_then_else(in bounds, x, 0)``) as a fill of zeros then a copy of the in-bound
-    region, both placed at ``loop`` with their rows' innermost loops as whole vectors: the padding vectorized as
-    one block lost its vectors to the bounds check on aarch64 (a scalar load and store per element)."""
-    try:
-        blocks = [sch.decompose_padding(pad, loop), pad]
-    except Exception:  # noqa: BLE001 - no padding pattern (a plain copy): one vectorized block
-        blocks = [pad]
-    for block in blocks:
-        last = sch.get_loops(block)[-1]
-        extent = int(sch.get(last).extent)
-        if extent <= 32 * lanes:  # a row as one vector (66 = 64 + 2 pad: LLVM splits it into whole vectors); a loop
-            sch.vectorize(last)  # of row pieces would become a libc memcpy/memset call (LLVM's loop idioms)
-        elif extent % lanes == 0:
-            sch.vectorize(sch.split(last, [None, lanes])[1])
 
 
 @functools.cache
