@@ -24,6 +24,8 @@ from compress_graph.targets.int8.match import channels_of, dtype_of
 from tvm import relax
 
 OC_BLOCK = 16
+ROWS_IC = 16  # input channels per weight row (pack_kernel_rows)
+ROWS_ANNOTATION = "compress_graph.weight_rows"  # the conv block of conv2d_nchwc_int8_rows
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # adds the partial sums of a PAIRS family's conv (targets/isa)
 
 # feature detection lives with the ISA families; re-exported for existing callers
@@ -36,6 +38,14 @@ def pack_kernel(w: np.ndarray, ic_bn: int) -> np.ndarray:
     o, i, kh, kw = w.shape
     blocks = w.reshape(o // OC_BLOCK, OC_BLOCK, i // ic_bn, ic_bn // 4, 4, kh, kw)
     return np.ascontiguousarray(blocks.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_kernel_rows(w: np.ndarray) -> np.ndarray:
+    """OIHW int8 -> (O/16, I/16, KH, KW, 16o, 16i): each output channel's 16 input-channel weights one contiguous
+    row (a family's ``rows_step``, :func:`conv2d_nchwc_int8_rows`)."""
+    o, i, kh, kw = w.shape
+    blocks = w.reshape(o // OC_BLOCK, OC_BLOCK, i // ROWS_IC, ROWS_IC, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
 def pack_data(bb: relax.BlockBuilder, x: relax.Expr, block: int) -> relax.Expr:
@@ -93,12 +103,18 @@ class PackedConvEmitter:
             n_in += extra
         ic_bn = next(b for b in (16, 8, 4) if n_in % b == 0)
         xp = self._packed_input(bb, x, x_packed, ic_bn, extra)
+        offset = self.family.INPUT_OFFSET
+        narrow = bool(w.min() > -128)
+        if ic_bn == ROWS_IC and narrow and hasattr(self.family, "rows_step"):
+            kernel = relax.const(pack_kernel_rows(w), "int8")
+            acc = bb.emit_te(conv2d_nchwc_int8_rows, xp, kernel, list(strides), list(pad), list(dilation), zp,
+                             offset, self.family.ROWS_PAIRS, primfunc_name_hint="conv2d_NCHWc_int8")
+            return acc, OC_BLOCK, offset
         # a family whose instruction multiplies wider operands takes its weights widened once, at build time
         wdtype = getattr(self.family, "WEIGHT_DTYPE", "int8")
         kernel = relax.const(pack_kernel(w, ic_bn).astype(wdtype), wdtype)
-        offset = self.family.INPUT_OFFSET
         acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
-                         getattr(self.family, "PAIRS", 1), bool(w.min() > -128), primfunc_name_hint="conv2d_NCHWc_int8")
+                         getattr(self.family, "PAIRS", 1), narrow, primfunc_name_hint="conv2d_NCHWc_int8")
         return acc, OC_BLOCK, offset
 
     def _packed_input(self, bb, x, x_packed, block: int, extra: int) -> relax.Expr:
@@ -184,6 +200,45 @@ def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset:
         (n, oc_chunks, oh, ow, oc_bn, pairs),
         lambda b, oc, y, x, ob, p: te.sum(term(b, oc, y, x, ob, p * run + ics), axis=[rh, rw, ico, icf, ics]),
         name="conv2d_NCHWc_int8", attrs=attrs)
+    rp = te.reduce_axis((0, pairs), name="pair")
+    return te.compute(
+        (n, oc_chunks, oh, ow, oc_bn),
+        lambda b, oc, y, x, ob: te.sum(partial[b, oc, y, x, ob, rp], axis=[rp]),
+        name=PAIRS_BLOCK)
+
+
+def conv2d_nchwc_int8_rows(data, kernel, strides, padding, dilation, zp: int, offset: int, pairs: int):
+    """:func:`conv2d_nchwc_int8` on weight rows (:func:`pack_kernel_rows`: (O/16, I/16, KH, KW, 16o, 16i)) with
+    ``pairs`` partial sums per output: partial ``p`` of a 16-channel input block sums the input channels
+    ``h * 8 + p * run + k`` for both halves h of the block and k < run = 8 / pairs -- for NEON's ``smull`` +
+    ``smlal2`` + ``sadalp`` over a row, 4 partials of channels {2p, 2p+1, 2p+8, 2p+9}. The
+    block (``conv2d_NCHWc_int8``, annotated ``ROWS_ANNOTATION``) has the reduction axes kh, kw, ic_outer, the
+    half and the run, as conv2d_nchwc_int8's; a second block adds the partials (``PAIRS_BLOCK``)."""
+    from tvm import te
+
+    data_pad = _zero_point_pad(data, padding, zp)
+    n, _, h, w, _ = data_pad.shape
+    oc_chunks, ic_chunks, kh, kw, oc_bn, ic_bn = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    half = int(ic_bn) // 2
+    run = half // pairs
+    rh = te.reduce_axis((0, kh), name="kh")
+    rw = te.reduce_axis((0, kw), name="kw")
+    ico = te.reduce_axis((0, ic_chunks), name="ic_outer")
+    rhalf = te.reduce_axis((0, 2), name="ic_f_inner")
+    rk = te.reduce_axis((0, run), name="ic_s_inner")
+
+    def term(b, oc, y, x, ob, p):
+        i = rhalf * half + p * run + rk
+        a = data_pad[b, ico, y * sh + rh * dh, x * sw + rw * dw, i].astype("int32")
+        return (a - offset if offset else a) * kernel[oc, ico, rh, rw, ob, i].astype("int32")
+
+    partial = te.compute(
+        (n, oc_chunks, oh, ow, oc_bn, pairs),
+        lambda b, oc, y, x, ob, p: te.sum(term(b, oc, y, x, ob, p), axis=[rh, rw, ico, rhalf, rk]),
+        name="conv2d_NCHWc_int8", attrs={ROWS_ANNOTATION: 1})
     rp = te.reduce_axis((0, pairs), name="pair")
     return te.compute(
         (n, oc_chunks, oh, ow, oc_bn),

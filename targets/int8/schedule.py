@@ -31,6 +31,7 @@ CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
 PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
 NARROW_ANNOTATION = "compress_graph.weights_in_127"  # packed.conv2d_nchwc_int8: no weight is -128
+ROWS_ANNOTATION = "compress_graph.weight_rows"  # packed.ROWS_ANNOTATION
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
 VNNI_INTRIN = "dot_16x4_vnni"  # targets/isa/x86_vnni.INTRIN
 REG_N = 8  # x86 VNNI's register tile (targets/isa/x86_vnni.REG_N)
@@ -79,22 +80,37 @@ def _register_tile(sch, loop, reg_n: int):
 
 
 def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
-                      wide: tuple[str, int, bool, int | None] | None = None):
+                      wide: tuple[str, int, bool, int | None] | None = None,
+                      rows: tuple[str, int, str | None, int] | None = None):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
     raises if the kernel does not fit. ``wide`` = (intrinsic, groups, needs narrow weights, its register tile or
     None for ``reg_n``): a family's
     16 x (4 * groups) step, used where the input block holds a multiple of that many groups of 4 channels (and,
-    if it needs them, the conv block is marked as having no -128 weight: NARROW_ANNOTATION)."""
+    if it needs them, the conv block is marked as having no -128 weight: NARROW_ANNOTATION). ``rows`` = (intrinsic,
+    register tile, the partials' reduction intrinsic or None, output channels per pass) for a conv on weight rows
+    (packed.conv2d_nchwc_int8_rows, marked ROWS_ANNOTATION): the whole 16-channel input block per step, the 16
+    output channels in one pass or several over the reduction."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
     loops = sch.get_loops(conv)
     pair = loops[5:6] if len(loops) == 11 else []  # the partial-sum axis of a PAIRS family (targets/isa)
     n, oc_chunk, oh, ow, oc_block = loops[:5]
     kh, kw, ic_outer, ic_f_inner, ic_s_inner = loops[5 + len(pair):]
     groups = int(sch.get(ic_f_inner).extent)
+    on_rows = bool(sch.get(conv).annotations.get(ROWS_ANNOTATION, 0))
+    if on_rows and rows is None:
+        raise NotAPackedConv("weight rows without the family's rows intrinsic")
     narrow_ok = not (wide and wide[2]) or bool(sch.get(conv).annotations.get(NARROW_ANNOTATION, 0))
-    use_wide = wide is not None and narrow_ok and groups % wide[1] == 0
-    ow_outer, ow_inner = _register_tile(sch, ow, wide[3] if use_wide and wide[3] else reg_n)
-    if use_wide:
+    use_wide = not on_rows and wide is not None and narrow_ok and groups % wide[1] == 0
+    if on_rows:
+        wide = (rows[0], groups, True, rows[1])
+    ow_outer, ow_inner = _register_tile(sch, ow, wide[3] if (use_wide or on_rows) and wide[3] else reg_n)
+    if on_rows and rows[3] < int(sch.get(oc_block).extent):  # output channels in passes over the reduction
+        oc_pass, oc_block = sch.split(oc_block, [None, rows[3]])
+        sch.reorder(n, oc_chunk, oh, ow_outer, oc_pass, ic_outer, kh, kw, ow_inner, ic_f_inner, oc_block, *pair,
+                    ic_s_inner)
+        tensorize_at = ic_f_inner
+        intrin = wide[0]
+    elif on_rows or use_wide:
         if groups == wide[1]:  # the whole input block per step (sdot: 16 channels)
             sch.reorder(n, oc_chunk, oh, ow_outer, ic_outer, kh, kw, ow_inner, ic_f_inner, oc_block, *pair,
                         ic_s_inner)
@@ -115,7 +131,13 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
     init = sch.decompose_reduction(conv, ic_outer)
     sch.tensorize(tensorize_at, intrin)
     sch.unroll(ow_inner)
-    if pair:  # the partial sums added per output tile, 16 channels at a time
+    if pair and on_rows and rows[2]:  # the family's intrinsic adds the partials of 16 channels
+        pairs = epilogue.pop(0)
+        *_, pb, pp = sch.get_loops(pairs)
+        pinit = sch.decompose_reduction(pairs, pb)
+        sch.vectorize(sch.get_loops(pinit)[-1])
+        sch.tensorize(pb, rows[2])
+    elif pair:  # the partial sums added per output tile, 16 channels at a time
         pairs = epilogue.pop(0)
         *_, pw, pb, pp = sch.get_loops(pairs)
         sch.reorder(pp, pb)
@@ -168,7 +190,11 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     family.register_intrinsic()
     wide = ((family.INTRIN_WIDE, family.WIDE_GROUPS, getattr(family, "WIDE_NEEDS_NARROW", False),
              getattr(family, "WIDE_REG_N", None)) if hasattr(family, "INTRIN_WIDE") else None)
-    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide),
+    rows = None
+    if hasattr(family, "rows_step"):
+        rows_intrin, rows_oc = family.rows_step(target)
+        rows = (rows_intrin, family.ROWS_REG_N, getattr(family, "ROWS_REDUCE_INTRIN", None), rows_oc)
+    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows),
                                      lambda f: schedule_depthwise(f, family.REG_N)), NotAPackedConv)
     stats["isa"] = family.NAME
     return mod, stats

@@ -4,8 +4,10 @@ Each module describes one ISA's 8-bit dot product for the packed int8 convs (tar
 data out, targets/int8/schedule.py tiles the loops): ``NAME``, ``matches(target)``, the tensor intrinsic that
 computes ``C[16] += sum_k (A[k] - INPUT_OFFSET) * B[16, k]`` over 4 k (uint8 A, int8 B, int32 C) and its
 ``register_intrinsic()``, and ``REG_N``, the output pixels one register tile holds; ``PAIRS`` (optional): the
-intrinsic accumulates ``C[16, PAIRS]`` partial sums that the epilogue adds. A new ISA is a new module here, not a
-branch in the schedules.
+intrinsic accumulates ``C[16, PAIRS]`` partial sums that the epilogue adds; ``rows_step(target)`` (optional): the
+intrinsic and output channels per pass of a step on weight rows (packed.pack_kernel_rows) for 16-channel input
+blocks, with ``ROWS_PAIRS``, ``ROWS_REG_N`` and ``ROWS_REDUCE_INTRIN`` (arm_neon). A new ISA is a new module here,
+not a branch in the schedules.
 """
 
 from __future__ import annotations

@@ -33,7 +33,38 @@ INTRIN_WIDE = "compress_graph_dot_16x8x2_u8off_s7_neon"
 WIDE_GROUPS = 2
 WIDE_NEEDS_NARROW = True
 WIDE_REG_N = 1  # 2 pixels: 2 groups of weights (16 d registers) + 2 x 8 q accumulators spill (+9 % on pose_s)
+#: 16 output x 16 input channels per step where the input block is 16 channels and no weight is -128, on weight
+#: rows (packed.pack_kernel_rows: each output channel's 16 input-channel weights one q register): the pixel's 16
+#: activation bytes one q register (one load, one ``eor``), per output channel ``smull`` (input channels 0-7) +
+#: ``smlal2`` (8-15, two products per int16 lane) + ``sadalp`` into 4 partial sums -- 3 instructions per 16 MACs
+#: and no broadcast; the weights load 2 q registers per ``ldp`` (the 16x8 step: 1 d register per 8 MACs)
+ROWS_PAIRS = 4  # partial sums per output channel: input channels {2p, 2p + 1, 2p + 8, 2p + 9}
+ROWS_REG_N = 1  # 16 q accumulators per pixel
+#: in-order cores: LLVM's scheduler for them hoists the weight loads of the unrolled kernel taps ahead of the
+#: accumulators' updates and spills (pose_s a53 with 16 channels per pass: 19.6 M instructions against 18.6 M on
+#: the 16x8 step; 8 per pass 17.4 M, still spilling), so the 16 output channels run as 4 passes of 4 over the
+#: reduction (17.4 M, no spill; the activations loaded once per pass)
+IN_ORDER = ("cortex-a53", "cortex-a35")
+#: the 4 partial sums of 16 output channels added by ``addp`` (3 per 4 channels), where LLVM's vectorized
+#: stride-4 gathers of the partials became lane moves
+ROWS_REDUCE_INTRIN = "compress_graph_sum_16x4_neon_addp"
 REG_N = 2  # output pixels per register tile: 2 x 8 q accumulators (16 channels x 2 pair sums each)
+
+
+def rows_intrin(oc: int) -> str:
+    """The weight-rows step for ``oc`` output channels x 16 input channels."""
+    return f"compress_graph_dot_{oc}x16_rows_u8off_s7_neon"
+
+
+def rows_step(target: tvm.target.Target) -> tuple[str, int]:
+    """(intrinsic, output channels per pass) of the weight-rows step on ``target``'s core."""
+    from compress_graph.targets.isa import features
+
+    oc = 4 if str(features.attr(target, "mcpu") or "") in IN_ORDER else 16
+    return rows_intrin(oc), oc
+
+
+ROWS_INTRIN = rows_intrin(16)
 
 
 def matches(target: tvm.target.Target) -> bool:
@@ -128,3 +159,86 @@ def register_intrinsic() -> None:
                     dtype="int32x4")
 
     TensorIntrin.register(INTRIN_WIDE, desc_wide, impl_wide, override=True)
+
+    for oc in (16, 4):
+        register_rows(oc)
+
+    @T.prim_func(s_tir=True)
+    def desc_reduce(c: T.Buffer((16, 4), "int32", offset_factor=1), out: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(out[0:16], c[0:16, 0:4])
+            T.writes(out[0:16])
+            for i in T.serial(T.int64(0), T.int64(16)):
+                for p in T.serial(T.int64(0), T.int64(4)):
+                    with T.sblock("update"):
+                        vi, vp = T.axis.remap("SR", [i, p])
+                        out[vi] = out[vi] + c[vi, vp]
+
+    addp = "llvm.aarch64.neon.addp.v4i32"
+
+    def pairwise(x, y):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(addp), x, y, dtype="int32x4")
+
+    @T.prim_func(s_tir=True)
+    def impl_reduce(c: T.Buffer((16, 4), "int32", offset_factor=1), out: T.Buffer((16,), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(out[0:16], c[0:16, 0:4])
+            T.writes(out[0:16])
+            for q in T.unroll(4):  # channels 4q..4q+3: addp(addp(c0, c1), addp(c2, c3))
+                out[T.ramp(q * 4, 1, 4)] = out.vload([q * 4], dtype="int32x4") + pairwise(
+                    pairwise(c.vload([q * 4, 0], dtype="int32x4"), c.vload([q * 4 + 1, 0], dtype="int32x4")),
+                    pairwise(c.vload([q * 4 + 2, 0], dtype="int32x4"), c.vload([q * 4 + 3, 0], dtype="int32x4")))
+
+    TensorIntrin.register(ROWS_REDUCE_INTRIN, desc_reduce, impl_reduce, override=True)
+
+
+def register_rows(oc: int) -> None:
+    """The weight-rows step for ``oc`` output channels (:func:`rows_intrin`)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    smull = "llvm.aarch64.neon.smull.v8i16"
+    saddlp = "llvm.aarch64.neon.saddlp.v4i32.v8i16"
+
+    @T.prim_func(s_tir=True)
+    def desc_rows(a: T.Buffer((16,), "uint8", offset_factor=1), b: T.Buffer((oc, 16), "int8", offset_factor=1),
+                  c: T.Buffer((oc, 4), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:oc, 0:4], a[0:16], b[0:oc, 0:16])
+            T.writes(c[0:oc, 0:4])
+            for g in T.serial(T.int64(0), T.int64(2)):
+                for i in T.serial(T.int64(0), T.int64(oc)):
+                    for p in T.serial(T.int64(0), T.int64(4)):
+                        for k in T.serial(T.int64(0), T.int64(2)):
+                            with T.sblock("update"):
+                                vi, vp, vg, vk = T.axis.remap("SSRR", [i, p, g, k])  # the conv block's order
+                                c[vi, vp] = c[vi, vp] + (
+                                    T.cast(a[vg * T.int64(8) + vp * T.int64(2) + vk], "int32") - 128) * T.cast(
+                                    b[vi, vg * T.int64(8) + vp * T.int64(2) + vk], "int32")
+
+    def half(v, high):  # the low or high 8 bytes of a q register (LLVM: its d register, or smull2 / smlal2)
+        return T.Shuffle([v], [T.int32(j + 8 * high) for j in range(8)])
+
+    def signed(a):  # the 16 activation bytes minus 128, as int8 (one eor)
+        return T.reinterpret(T.bitwise_xor(a.vload([0], "uint8x16"), T.broadcast(T.uint8(128), 16)), dtype="int8x16")
+
+    @T.prim_func(s_tir=True)
+    def impl_rows(a: T.Buffer((16,), "uint8", offset_factor=1), b: T.Buffer((oc, 16), "int8", offset_factor=1),
+                  c: T.Buffer((oc, 4), "int32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(c[0:oc, 0:4], a[0:16], b[0:oc, 0:16])
+            T.writes(c[0:oc, 0:4])
+            # per output channel: its row of 16 weights times the 16 activations (minus 128, as int8), the two
+            # halves' products added in int16 lanes, then pairwise into the channel's 4 partial sums
+            for i in T.unroll(oc):
+                c[i, T.ramp(0, 1, 4)] = c.vload([i, 0], dtype="int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(saddlp),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(smull), half(signed(a), 0),
+                        half(b.vload([i, 0], dtype="int8x16"), 0), dtype="int16x8")
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(smull), half(signed(a), 1),
+                        half(b.vload([i, 0], dtype="int8x16"), 1), dtype="int16x8"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(rows_intrin(oc), desc_rows, impl_rows, override=True)

@@ -124,15 +124,18 @@ def test_int8_sdot_library_beats_onnxruntime_on_cortex_a76(insn, tmp_path):
 
 @pytest.mark.slow
 def test_int8_neon_library_beats_onnxruntime_on_cortex_a72(insn, tmp_path):
-    """The family for cores without the dot product (a53/a72): the same packed convs with smull (+ smlal: two
-    products per int16 lane, the quant pass's weights being in [-127, 127]) / sadalp. Measured 0.76x onnxruntime's
-    int8 instructions on resnet_s (bench/arm/README.md; 0.85x with one product per lane)."""
+    """The family for cores without the dot product (a53/a72): the same packed convs with smull + smlal2 over
+    weight rows (two products per int16 lane, the quant pass's weights being in [-127, 127]) / sadalp. Measured
+    0.70x onnxruntime's int8 instructions on resnet_s (bench/arm/README.md; 0.76x on the 16x8 step, 0.85x with one
+    product per lane)."""
     row = _bench().measure("resnet_s", "int8", "cortex-a72", tmp_path, runs=2)
-    assert row["ratio"] <= 0.85, row
+    assert row["ratio"] <= 0.78, row
     ops = row["ours_top_ops"]
-    widening = ops.get("smull.v", 0) + ops.get("smlal.v", 0) + ops.get("sadalp.v", 0)
-    assert widening >= 0.4 * row["ours_minsn"] * 1e6, ops  # the convs' MACs run on NEON
-    assert ops.get("smlal.v", 0) >= 0.5 * ops.get("sadalp.v", 0), ops  # most steps add two products per lane
+    pairs = ops.get("smlal.v", 0) + ops.get("smlal2.v", 0)
+    adds = ops.get("sadalp.v", 0) + ops.get("saddlp.v", 0)
+    assert ops.get("smull.v", 0) + pairs + adds >= 0.4 * row["ours_minsn"] * 1e6, ops  # the convs' MACs on NEON
+    assert pairs >= 0.5 * adds, ops  # most steps add two products per lane
+    assert ops.get("smlal2.v", 0) >= ops.get("smlal.v", 0), ops  # on weight rows (16-channel input blocks)
     assert row["dot_mac_share"]["ours"] == 0.0 and row["max_abs_diff_vs_ort"] <= 1e-3
 
 

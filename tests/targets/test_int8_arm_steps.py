@@ -23,11 +23,11 @@ from compress_graph.targets import build_for_target  # noqa: E402
 from compress_graph.targets.int8.testing import ort_session, output_scales  # noqa: E402
 
 
-def _qdq_conv(tmp_path: Path, with_minus_128: bool, hardswish: bool = False) -> Path:
-    """x (uint8 QDQ) -> 3x3 conv 32 -> 32 channels (int8 per-channel weights) -> QDQ [-> HardSwish -> QDQ], at
-    10x12."""
+def _qdq_conv(tmp_path: Path, with_minus_128: bool, hardswish: bool = False, channels: int = 32) -> Path:
+    """x (uint8 QDQ) -> 3x3 conv ``channels`` -> 32 channels (int8 per-channel weights) -> QDQ [-> HardSwish ->
+    QDQ], at 10x12."""
     rng = np.random.default_rng(3)
-    w = rng.integers(-127, 128, (32, 32, 3, 3)).astype(np.int8)
+    w = rng.integers(-127, 128, (32, channels, 3, 3)).astype(np.int8)
     if with_minus_128:
         w[5, 17, 1, 2] = -128
     inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s_x"),
@@ -49,9 +49,10 @@ def _qdq_conv(tmp_path: Path, with_minus_128: bool, hardswish: bool = False) -> 
         nodes += [helper.make_node("HardSwish", ["yc"], ["h"]),
                   helper.make_node("QuantizeLinear", ["h", "s_h", "z_h"], ["hq"]),
                   helper.make_node("DequantizeLinear", ["hq", "s_h", "z_h"], ["y"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 10, 12])],
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            [1, channels, 10, 12])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 10, 12])], inits)
-    path = tmp_path / f"conv{'_m128' if with_minus_128 else ''}{'_hswish' if hardswish else ''}.onnx"
+    path = tmp_path / f"conv{channels}{'_m128' if with_minus_128 else ''}{'_hswish' if hardswish else ''}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -68,7 +69,8 @@ def _build_and_run(path: Path, cpu: str, tmp_path: Path) -> tuple[str, float | N
     asm = _disassemble(Path(section["library"]))
     if qemu_available("aarch64"):
         return asm, None
-    x = np.random.default_rng(0).uniform(-6, 6, (1, 32, 10, 12)).astype(np.float32)
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    x = np.random.default_rng(0).uniform(-6, 6, shape).astype(np.float32)
     got = run_qemu(Path(section["library"]), [[x]], workdir=tmp_path)["outputs"][0][0]
     want = ort_session(path).run(None, {"x": x})[0]
     return asm, float(np.max(np.abs(np.asarray(got).reshape(want.shape) - want)) / output_scales(model)[0])
@@ -120,11 +122,40 @@ def test_a76_requant_feeding_a_table_keeps_the_int32_clip(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("minus_128", [False, True])
 def test_a72_conv_adds_two_products_in_int16_only_without_a_minus_128_weight(tmp_path, minus_128):
+    """32 input channels (16-channel blocks): weight rows, ``smull`` + ``smlal2`` over the pixel's 16 activations
+    (one q register) per output channel; a -128 weight keeps the one-product 16x4 step."""
     asm, steps = _build_and_run(_qdq_conv(tmp_path, minus_128), "cortex-a72", tmp_path)
     ops = _mnemonics(asm)
     assert ops.get("sadalp", 0) > 0 and ops.get("sqdmulh", 0) > 0, ops
     if minus_128:  # -128 * -128 twice would overflow the int16 lane: the one-product step
-        assert ops.get("smlal", 0) == 0, ops
-    else:
-        assert ops.get("smlal", 0) >= 8, ops
+        assert ops.get("smlal", 0) == 0 and ops.get("smlal2", 0) == 0, ops
+    else:  # one 16x16 step = 16 smull + 16 smlal2, unrolled
+        assert ops.get("smlal2", 0) >= 16 and ops.get("smull", 0) >= 16, ops
+    assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
+
+
+@pytest.mark.slow
+def test_a53_conv_runs_the_weight_rows_in_passes_of_4_output_channels(tmp_path):
+    """cortex-a53 (in-order): the rows step per 4 output channels (LLVM's in-order scheduling of the unrolled taps
+    spilled 16 channels' accumulators on pose_s: bench/arm/README.md); a72 takes all 16 per pass."""
+    from compress_graph.targets.arm import tvm_target
+    from compress_graph.targets.isa import arm_neon
+
+    def target(cpu):
+        return tvm_target({"cpu": cpu, "cores": "1", "fastmath": "on"})
+
+    assert arm_neon.rows_step(target("cortex-a53")) == (arm_neon.rows_intrin(4), 4)
+    assert arm_neon.rows_step(target("cortex-a72")) == (arm_neon.rows_intrin(16), 16)
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, False), "cortex-a53", tmp_path)
+    ops = _mnemonics(asm)
+    assert ops.get("smlal2", 0) >= 4 and ops.get("addp", 0) >= 12, ops  # the 4 partials added by addp
+    assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
+
+
+@pytest.mark.slow
+def test_a72_conv_on_8_channel_blocks_adds_two_groups_in_int16(tmp_path):
+    """24 input channels (8-channel blocks, no weight rows): the 16x8 step, ``smull`` + ``smlal`` on d registers."""
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, False, channels=24), "cortex-a72", tmp_path)
+    ops = _mnemonics(asm)
+    assert ops.get("smlal", 0) >= 8 and ops.get("smlal2", 0) == 0 and ops.get("sadalp", 0) > 0, ops
     assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"

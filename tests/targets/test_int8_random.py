@@ -189,11 +189,12 @@ def test_fixed_point_requant_matches_the_qdq_semantics_where_onnxruntime_drifts(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72", "cortex-a53"])
 @pytest.mark.parametrize("seed", range(12))
 def test_random_net_arm_library_matches_the_qdq_semantics_under_qemu(tmp_path, seed, cpu):
-    """The aarch64 families (a76: sdot, a72: smull / sadalp pair accumulators, both on packed layouts with the
-    32-bit requant) on the same random nets, run under qemu-aarch64, within one output step of the QDQ semantics."""
+    """The aarch64 families (a76: sdot; a72: smull / sadalp, on weight rows where the input block is 16 channels;
+    a53: the same rows in passes of 4 output channels; all on packed layouts with the 32-bit requant) on the same
+    random nets, run under qemu-aarch64, within one output step of the QDQ semantics."""
     from compress_graph.targets import build_for_target
     from compress_graph.targets.runners import qemu_available, run_qemu
 
