@@ -48,7 +48,8 @@ def options_for_target(target: tvm.target.Target) -> LowerOptions:
         return LowerOptions()
     family = isa.int8_dot(target)
     if family is not None:
-        return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family))
+        return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family),
+                            neon_tables=packed.is_aarch64(target))
     if packed.is_aarch64(target):
         return LowerOptions(act_dtype="int8")
     return LowerOptions()

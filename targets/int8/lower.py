@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 import tvm
-from compress_graph.targets.int8 import tables
+from compress_graph.targets.int8 import lookup, tables
 from compress_graph.targets.int8.linear import LINEAR_OPS, LinearRules
 from compress_graph.targets.int8.match import (
     Definitions,
     QTensor,
     Refuse,
     channels_of,
+    dtype_of,
     op_name,
     prim_float,
     shape_of,
@@ -62,6 +63,7 @@ class LowerOptions:
     requant: str = "fixed"
     act_dtype: str = "uint8"
     conv_emitter: Any = None
+    neon_tables: bool = False  # one-row tables as NEON tbl / tbx kernels (targets/int8/lookup.py), else ``take``
 
 
 @dataclass
@@ -321,6 +323,14 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         x = self._new(q.expr)
         packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
         src = x if packed is None else packed[0]
+        if self.opts.neon_tables and table.ndim == 1 and dtype_of(src) in ("uint8", "int8"):
+            shape = shape_of(src)
+            n = int(np.prod(shape))
+            gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(src), out_dtype), "table_lookup")
+            flat = self._emit(relax.op.reshape(src, (n,)))
+            out = relax.op.reshape(self._emit(relax.call_tir(gv, [flat, relax.const(table, out_dtype)],
+                                                             relax.TensorType((n,), out_dtype))), shape)
+            return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
         alias = src
         while isinstance(alias, relax.Var) and alias not in self.narrowed:  # through ``lv1 = lv0`` bindings
             alias = self.builder_.lookup_binding(alias)

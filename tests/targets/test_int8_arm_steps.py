@@ -1,5 +1,6 @@
 """The aarch64 int8 conv steps, proven on the generated code and under qemu (issue 15).
 
+- a one-row table (SiLU, hard-swish ...) after a conv: NEON ``tbl`` / ``tbx`` over the table in 16 q registers;
 - cortex-a76 (`arm-sdot`): a 16-channel input block runs as one 16x16 step — the pixel's activations in one q
   register, taken by the indexed ``sdot v.4s, v.16b, v.4b[g]`` — the requant multiplies with ``sqdmulh`` and
   narrows int32 -> int16 -> uint8 with saturating ``sqxtn`` / ``sqxtun`` (no ``smax``/``smin`` clip);
@@ -109,13 +110,45 @@ def test_a76_conv_uses_indexed_sdot_and_sqdmulh(tmp_path):
     assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
 
 
+def _qdq_table(tmp_path: Path, in_dtype: str) -> Path:
+    """x -> QDQ (``in_dtype`` codes) -> Sigmoid -> QDQ (uint8), at 3 x 5 x 7 (105 codes: 6 vectors of 16 and a
+    tail of 9)."""
+    zero = np.array(3 if in_dtype == "int8" else 130, np.int8 if in_dtype == "int8" else np.uint8)
+    inits = [numpy_helper.from_array(np.array(0.07, np.float32), "s_x"), numpy_helper.from_array(zero, "z_x"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s_y"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z_y")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"]),
+             helper.make_node("Sigmoid", ["xd"], ["s"]),
+             helper.make_node("QuantizeLinear", ["s", "s_y", "z_y"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s_y", "z_y"], ["y"])]
+    graph = helper.make_graph(nodes, "table", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 7])], inits)
+    path = tmp_path / f"sigmoid_{in_dtype}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 @pytest.mark.slow
-def test_a76_requant_feeding_a_table_keeps_the_int32_clip(tmp_path):
-    """A table lookup widens its index right back to int32: the conv's requant feeding it clips in int32
-    (``smax``/``smin``, which LLVM folds with the widening) instead of narrowing with ``sqxtn``/``sqxtun``."""
-    asm, steps = _build_and_run(_qdq_conv(tmp_path, False, hardswish=True), "cortex-a76", tmp_path)
+@pytest.mark.parametrize("in_dtype", ["uint8", "int8"])
+def test_table_lookup_on_int8_and_uint8_codes_with_a_tail(tmp_path, in_dtype):
+    """The NEON lookup kernel alone: int8 codes enter as ``x ^ 0x80``; the elements past the last 16 take the
+    scalar tail. Exact against the QDQ semantics (a table of every code)."""
+    asm, steps = _build_and_run(_qdq_table(tmp_path, in_dtype), "cortex-a72", tmp_path)
+    assert _mnemonics(asm).get("tbx", 0) >= 3
+    assert steps is None or steps == 0.0, f"{steps:.2f} steps off the QDQ semantics"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+def test_table_after_a_requant_runs_as_neon_tbl_tbx(tmp_path, cpu):
+    """A one-row table (hard-swish here) is a kernel of NEON lookups (targets/int8/lookup.py: ``tbl`` over the
+    first 64 entries, ``tbx`` over each next 64, 16 codes at a time) on the conv's narrowed uint8 output, not a
+    gather of int32 indices."""
+    asm, steps = _build_and_run(_qdq_conv(tmp_path, False, hardswish=True), cpu, tmp_path)
     ops = _mnemonics(asm)
-    assert ops.get("sqdmulh", 0) >= 4 and ops.get("sqxtn", 0) + ops.get("sqxtn2", 0) == 0, ops
+    assert ops.get("tbx", 0) >= 3 and ops.get("tbl", 0) >= 1, ops
+    assert ops.get("sqdmulh", 0) >= 4 and ops.get("sqxtun", 0) + ops.get("sqxtun2", 0) >= 1, ops
     assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
 
 

@@ -1,0 +1,67 @@
+"""256-entry table lookups on aarch64 NEON: ``tbl`` / ``tbx`` over the table held in 16 q registers.
+
+A table (targets/int8/tables.py: SiLU, hard-swish, sigmoid ... tabulated per 8-bit code) lowered as Relax ``take``
+runs as a gather: the code widened to an int32 index, one scalar load per element (~2.9 instructions per element
+on a76). Here the lookup is a kernel of its own: 16 codes per q register, ``tbl`` (4 table registers, 64 entries;
+an index past them gives 0) for codes 0-63, then ``tbx`` (the same, leaving lanes past its 64 entries as they
+were) for 64-127, 128-191 and 192-255 on the code minus 64, 128, 192 (uint8 wrap-around puts smaller codes past
+the range): 3 subtractions, 4 lookups, a load and a store per 16 elements. Only for tables of one row (a PRelu's
+per-channel rows stay ``take``: every lane would need its own table).
+"""
+
+from __future__ import annotations
+
+import tvm
+from compress_graph.targets.schedule import SCHEDULED_ATTR
+
+LANES = 16
+OP_PATTERN_OPAQUE = 8  # relax's kOpaque: the fuser keeps the kernel to itself
+
+
+def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """``y[i] = table[x[i] - qmin(in_dtype)]`` over ``n`` codes (int8 / uint8 in, int8 / uint8 out; flat: the
+    caller reshapes), the table a (256,) ``out_dtype`` parameter."""
+    from tvm.script import tirx as T
+
+    body = n // LANES * LANES
+    flip = in_dtype == "int8"  # the code of an int8 x is x + 128 = x ^ 0x80 as a byte
+    tbl4 = "llvm.aarch64.neon.tbl4.v16i8"
+    tbx4 = "llvm.aarch64.neon.tbx4.v16i8"
+
+    def part(t, j):  # table entries 16j .. 16j + 15
+        return T.reinterpret(t.vload([LANES * j], f"{out_dtype}x16"), dtype="uint8x16")
+
+    def codes(x, at):
+        v = T.reinterpret(x.vload([at], f"{in_dtype}x16"), dtype="uint8x16")
+        return T.bitwise_xor(v, T.broadcast(T.uint8(128), LANES)) if flip else v
+
+    def look(t, c):
+        r = T.call_llvm_pure_intrin("uint8x16", T.llvm_lookup_intrinsic_id(tbl4), part(t, 0), part(t, 1),
+                                    part(t, 2), part(t, 3), c)
+        for k in (1, 2, 3):
+            r = T.call_llvm_pure_intrin("uint8x16", T.llvm_lookup_intrinsic_id(tbx4), r, part(t, 4 * k),
+                                        part(t, 4 * k + 1), part(t, 4 * k + 2), part(t, 4 * k + 3),
+                                        c - T.broadcast(T.uint8(64 * k), LANES))
+        return r
+
+    def code_of(x, i):
+        c = T.cast(x[i], "int32")
+        return c + 128 if flip else c
+
+    @T.prim_func(s_tir=True)
+    def table_lookup(x: T.Buffer((n,), in_dtype), table: T.Buffer((256,), out_dtype), y: T.Buffer((n,), out_dtype)):
+        T.func_attr({"op_pattern": OP_PATTERN_OPAQUE})
+        with T.sblock("root"):  # passes that list a module's blocks expect one
+            for i in T.parallel(body // LANES):
+                with T.sblock("table_lookup"):
+                    T.reads(x[i * LANES:i * LANES + LANES], table[0:256])
+                    T.writes(y[i * LANES:i * LANES + LANES])
+                    y[T.ramp(i * LANES, 1, LANES)] = T.reinterpret(look(table, codes(x, i * LANES)),
+                                                                   dtype=f"{out_dtype}x16")
+            for j in T.serial(n - body):
+                with T.sblock("table_lookup_tail"):
+                    T.reads(x[body + j], table[0:256])
+                    T.writes(y[body + j])
+                    y[body + j] = table[code_of(x, body + j)]
+
+    return table_lookup.without_attr("global_symbol").with_attr(SCHEDULED_ATTR, True)
