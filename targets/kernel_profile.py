@@ -28,6 +28,8 @@ import numpy as np
 MIN_RUNS, MAX_RUNS, RUN_SECONDS = 3, 20, 1.0
 #: per kernel call: the median of REPEAT timings, each looping the kernel for at least MIN_REPEAT_MS
 REPEAT, MIN_REPEAT_MS = 3, 5
+#: a kernel written by hand as TIR (scheduled from the start, never tuned), not scheduled from a TE compute
+HAND_WRITTEN_ATTR = "compress_graph.hand_written"
 #: report.json lists this many kernels, heaviest first; the rest are summed in ``other_kernels``
 TOP_KERNELS = 40
 METHOD = (f"TVM time_evaluator on each kernel call's own arguments (median of {REPEAT} repeats of at least "
@@ -48,7 +50,9 @@ def kernel_sources(mod, int8_scheduled: list[str], fp32_scheduled: list[str],
     sources = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
-            sources[gv.name_hint] = "tuned (records)" if is_scheduled(func) else rest
+            written = func.attrs is not None and HAND_WRITTEN_ATTR in func.attrs  # e.g. int8/lookup.py's tables
+            sources[gv.name_hint] = ("hand-scheduled int8" if written else
+                                     "tuned (records)" if is_scheduled(func) else rest)
     sources.update({name: "hand-scheduled int8" for name in int8_scheduled})
     sources.update({name: "hand-scheduled fp32" for name in fp32_scheduled})
     sources.update({name: "unscheduled" for name in sched_report.get("unscheduled") or ()})

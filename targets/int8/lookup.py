@@ -12,6 +12,7 @@ per-channel rows stay ``take``: every lane would need its own table).
 from __future__ import annotations
 
 import tvm
+from compress_graph.targets.kernel_profile import HAND_WRITTEN_ATTR
 from compress_graph.targets.schedule import SCHEDULED_ATTR
 
 LANES = 16
@@ -64,4 +65,5 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
                     T.writes(y[body + j])
                     y[body + j] = table[code_of(x, body + j)]
 
-    return table_lookup.without_attr("global_symbol").with_attr(SCHEDULED_ATTR, True)
+    return (table_lookup.without_attr("global_symbol").with_attr(SCHEDULED_ATTR, True)
+            .with_attr(HAND_WRITTEN_ATTR, True))

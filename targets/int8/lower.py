@@ -317,19 +317,32 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         return self._lookup(q, tables.quantize(tables.unary(self.defs, call, q), s_y, z_y, out_dtype, lo, hi),
                             out_dtype)
 
+    def _neon_lookup(self, codes: relax.Expr, table: np.ndarray, out_dtype: str) -> relax.Expr:
+        """``table[code]`` of an 8-bit tensor as the NEON lookup kernel (targets/int8/lookup.py), on its flat view."""
+        shape = shape_of(codes)
+        n = int(np.prod(shape))
+        gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(codes), out_dtype), "table_lookup")
+        flat = self._emit(relax.op.reshape(codes, (n,)))
+        return relax.op.reshape(self._emit(relax.call_tir(gv, [flat, relax.const(table, out_dtype)],
+                                                          relax.TensorType((n,), out_dtype))), shape)
+
+    def _lookup_codes(self, codes: relax.Expr, dtype: str, table: np.ndarray, out_dtype: str) -> relax.Expr:
+        """``table[code - qmin]`` of an 8-bit tensor in any layout (a one-row table)."""
+        if self.opts.neon_tables:
+            return self._neon_lookup(codes, table, out_dtype)
+        idx = relax.op.astype(codes, "int32")
+        if QRANGE[dtype][0]:
+            idx = relax.op.subtract(idx, relax.const(QRANGE[dtype][0], "int32"))
+        return relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
+
     def _lookup(self, q: QTensor, table: np.ndarray, out_dtype: str) -> relax.Expr:
         """``table[code of q]`` in q's layout; a 2-D (channels, codes) table: row c for channel c."""
         qmin = QRANGE[q.dtype][0]
         x = self._new(q.expr)
         packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
         src = x if packed is None else packed[0]
-        if self.opts.neon_tables and table.ndim == 1 and dtype_of(src) in ("uint8", "int8"):
-            shape = shape_of(src)
-            n = int(np.prod(shape))
-            gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(src), out_dtype), "table_lookup")
-            flat = self._emit(relax.op.reshape(src, (n,)))
-            out = relax.op.reshape(self._emit(relax.call_tir(gv, [flat, relax.const(table, out_dtype)],
-                                                             relax.TensorType((n,), out_dtype))), shape)
+        if self.opts.neon_tables and table.ndim == 1:
+            out = self._neon_lookup(src, table, out_dtype)
             return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
         alias = src
         while isinstance(alias, relax.Var) and alias not in self.narrowed:  # through ``lv1 = lv0`` bindings
@@ -453,10 +466,23 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         return block
 
     def _lower_split_item(self, item: relax.TupleGetItem, ctx) -> relax.Expr:
+        """An item of a Split of a dequantized 8-bit tensor (rescaled), or of a float function of one (YOLOv8's
+        C2f: SiLU, then Split, the items quantized one by one): the codes split, each item looked up in its own
+        table."""
         split = self.defs.resolve(item.tuple_value)
         if op_name(split) != "relax.split":
             raise Refuse("tuple item of a non-split")
-        q = self.defs.dequantized(split.args[0])
+        try:
+            q, table = self.defs.dequantized(split.args[0]), None
+        except Refuse:
+            chain = tables.tabulate(self.defs, split.args[0])
+            if chain is None:
+                raise
+            q, table = chain[0], tables.quantize(chain[1], *ctx)
+
+        def finish(part):
+            return self._rescale(q, part, *ctx) if table is None else self._lookup_codes(part, q.dtype, table, ctx[2])
+
         key = item.tuple_value
         x = self._new(q.expr)
         axis = int(split.attrs.axis) % max(1, len(shape_of(x)))
@@ -468,13 +494,13 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
                 self._split_cache[key] = self._emit(relax.op.split(
                     self.packed_of[x][0], [b // block for b in bounds[1:-1]], axis=1))
             part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
-            out = self._rescale(q, part, *ctx)
+            out = finish(part)
             channels = bounds[int(item.index) + 1] - bounds[int(item.index)]
             return self._unpack(out if isinstance(out, relax.Var) else self._emit(out), block, channels)
         if key not in self._split_cache:
             self._split_cache[key] = self._emit(relax.Call(split.op, [x], split.attrs))
         part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
-        return self._rescale(q, part, *ctx)
+        return finish(part)
 
 
 def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:

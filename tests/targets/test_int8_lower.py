@@ -310,3 +310,41 @@ def test_float_chain_of_one_8bit_tensor_becomes_one_table(tmp_path, chain):
     got = _run_tvm(low, HOST, feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+def _silu_split_model(path: Path) -> Path:
+    """x -> Q -> DQ -> SiLU -> Split (channels 3 + 5) -> each part Q -> DQ at its own scale -> Concat -> QDQ -> y.
+    YOLOv8's C2f runs SiLU then Split, and the `quant` pass quantizes each part on its own."""
+    from onnx import helper, numpy_helper
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    inits = [const("s", 0.05), const("z", 128, np.uint8), const("sa", 0.02), const("za", 20, np.uint8),
+             const("sb", 0.03), const("zb", 10, np.uint8), const("split", [3, 5], np.int64)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sigmoid", ["xd"], ["sg"]), helper.make_node("Mul", ["xd", "sg"], ["f"]),
+             helper.make_node("Split", ["f", "split"], ["fa", "fb"], axis=1),
+             helper.make_node("QuantizeLinear", ["fa", "sa", "za"], ["faq"]),
+             helper.make_node("DequantizeLinear", ["faq", "sa", "za"], ["ya"]),
+             helper.make_node("QuantizeLinear", ["fb", "sb", "zb"], ["fbq"]),
+             helper.make_node("DequantizeLinear", ["fbq", "sb", "zb"], ["yb"]),
+             helper.make_node("Concat", ["ya", "yb"], ["c"], axis=1),
+             helper.make_node("QuantizeLinear", ["c", "sb", "zb"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sb", "zb"], ["y"])]
+    return save_float_model(path, nodes, [1, 8, 6, 6], [1, 8, 6, 6], inits, "silu_split")
+
+
+def test_split_of_a_tabulated_chain_splits_the_codes_and_looks_each_part_up(tmp_path):
+    """SiLU -> Split -> one quantization per part: no float SiLU; the 8-bit codes are split and each part takes its
+    own table (different scales), within one step of onnxruntime."""
+    path = _silu_split_model(tmp_path / "m.onnx")
+    low, stats = lower_qdq(import_relax(onnx.load(str(path))), tvm.target.Target(HOST))
+    assert stats["float"] == 0 and stats["by_op"].get("split") == 2, stats
+    assert low["main"].script().count("R.take(") == 2
+    model = onnx.load(str(path))
+    feeds = {"x": (np.random.default_rng(0).standard_normal((1, 8, 6, 6)) * 4).astype(np.float32)}
+    got = _run_tvm(low, HOST, feeds)
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001

@@ -93,3 +93,16 @@ def test_an_arm_build_asked_to_profile_says_why_not_and_lists_its_kernels(tmp_pa
     section = build_for_target(tiny_model(), "arm", tmp_path, profile=True)
     assert section["profile"]["status"] == "skipped" and "symbols=keep" in section["profile"]["reason"]
     assert len(section["kernel_schedules"]) == section["schedule"]["kernels"]
+
+
+def test_hand_written_kernels_are_labelled_hand_scheduled_not_tuned():
+    """A kernel written as TIR by hand (int8/lookup.py's NEON tables) carries the scheduled mark that keeps tuning
+    off it; the report names it hand-scheduled, not tuned."""
+    tvm = pytest.importorskip("tvm")
+    from compress_graph.targets.int8.lookup import lookup_func
+
+    written = lookup_func(40, "uint8", "uint8")
+    tuned = written.without_attr(kernel_profile.HAND_WRITTEN_ATTR)
+    mod = tvm.IRModule({"table_lookup": written, "fused_conv": tuned})
+    sources = kernel_profile.kernel_sources(mod, [], [], {"default": "metaschedule-sample (seeded)"})
+    assert sources == {"fused_conv": "tuned (records)", "table_lookup": "hand-scheduled int8"}
