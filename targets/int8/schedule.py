@@ -16,8 +16,9 @@ family (targets/isa: ``vpdpbusd``, 4 ``sdot``, or ``smull`` / ``sadalp`` into pa
 
 Every elementwise block the fuser put after the conv is inlined into one epilogue computed per output tile
 right after the tile's accumulation, while it is still in cache. Packed depthwise convs get the same tiling
-with the 16 channels as int32 vector lanes (no dot product). Kernels the schedule does not fit keep whatever
-the caller does next (tuning records, sampled defaults); ``schedule_int8_kernels`` reports them.
+with the 16 channels as int32 vector lanes (no dot product), max pools on packed codes with them as byte lanes.
+Kernels the schedule does not fit keep whatever the caller does next (tuning records, sampled defaults);
+``schedule_int8_kernels`` reports them.
 """
 
 from __future__ import annotations
@@ -167,6 +168,46 @@ def schedule_depthwise(func, reg_n: int = REG_N):
     return _finish_after(sch, init, epilogue)
 
 
+POOL_BLOCK = "pool_max"  # relax.nn.max_pool2d legalized (topi pool2d): pad block "pad_temp", then "pool_max"
+
+
+def schedule_packed_max_pool(func):
+    """The scheduled PrimFunc for a max pool on packed 8-bit data (NCHW16c codes, the int8 lowering's pools: a
+    max of codes is the code of the max): parallel over the channel blocks, the padded block of rows a fill then
+    a vector copy per pixel, the window unrolled, each output pixel's 16 channels one vector (``umax`` /
+    ``vpmaxub``); raises NotAPackedConv for anything else (other blocks fused in, float or unpacked pools)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    if names not in ([POOL_BLOCK], ["pad_temp", POOL_BLOCK]):
+        raise NotAPackedConv("not a lone max pool")
+    pool = blocks[-1]
+    out = sch.get(pool).writes[0].source
+    if len(out.shape) != 5 or int(out.shape[-1]) != 16 or str(out.dtype) not in ("uint8", "int8"):
+        raise NotAPackedConv("not a packed 8-bit pool")
+    loops = sch.get_loops(pool)
+    if len(loops) != 7:
+        raise NotAPackedConv("not a 2-D window")
+    n, c, h, w, b, rh, rw = loops
+    outer = sch.fuse(n, c)
+    sch.reorder(outer, h, w, rh, rw, b)
+    sch.parallel(outer)
+    if len(blocks) == 2:
+        pad = blocks[0]
+        sch.compute_at(pad, outer)
+        rows = sch.get_loops(pad)[1]
+        for block in ([sch.decompose_padding(pad, rows), pad] if sch.can_decompose_padding(pad, rows) else [pad]):
+            sch.vectorize(sch.get_loops(block)[-1])
+    sch.vectorize(b)  # before the init is split off: the update block alone may not be vectorized
+    init = sch.decompose_reduction(pool, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(rh)
+    sch.unroll(rw)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
 def _finish_after(sch, init, epilogue):
     """Init and epilogue vectorized over the 16 channels; the result marked scheduled."""
     sch.vectorize(sch.get_loops(init)[-1])
@@ -177,7 +218,7 @@ def _finish_after(sch, init, epilogue):
 
 def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
     """Hand-schedule, in a new module, every not-yet-scheduled packed int8 conv kernel of the fused ``mod`` with
-    the target's dot-product family (targets/isa).
+    the target's dot-product family (targets/isa), and every lone max pool on packed codes.
 
     Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for packed convs the
     schedule did not fit (they stay as they were), ``isa`` the family used.
@@ -195,6 +236,7 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         rows_intrin, rows_oc = family.rows_step(target)
         rows = (rows_intrin, family.ROWS_REG_N, getattr(family, "ROWS_REDUCE_INTRIN", None), rows_oc)
     mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows),
-                                     lambda f: schedule_depthwise(f, family.REG_N)), NotAPackedConv)
+                                     lambda f: schedule_depthwise(f, family.REG_N), schedule_packed_max_pool),
+                               NotAPackedConv)
     stats["isa"] = family.NAME
     return mod, stats
