@@ -64,9 +64,6 @@ def rows_step(target: tvm.target.Target) -> tuple[str, int]:
     return rows_intrin(oc), oc
 
 
-ROWS_INTRIN = rows_intrin(16)
-
-
 def matches(target: tvm.target.Target) -> bool:
     """aarch64 without the dot product (what arm_sdot does not take)."""
     return arm_sdot.is_aarch64(target) and not arm_sdot.matches(target)
