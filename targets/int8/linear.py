@@ -137,7 +137,7 @@ class LinearRules:
         b = relax.const(bias.astype(np.int32).reshape(bshape), "int32")
         args = (family.requant_te, acc, b, m, left, rnd, k, int(z_y), int(lo), int(hi), out_dtype)
         out = self.builder_.emit_te(*args, primfunc_name_hint="requant")
-        if getattr(family, "FOLD_ZERO_POINT", False):  # a table lookup on it takes the clip without the narrows
+        if getattr(family, "FOLD_ZERO_POINT", False):  # a gather (per-channel table) on it: the clip, no narrows
             self.narrowed[out] = lambda: self.builder_.emit_te(*args, primfunc_name_hint="requant", narrow=False)
         return out
 

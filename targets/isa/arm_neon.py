@@ -41,8 +41,8 @@ WIDE_REG_N = 1  # 2 pixels: 2 groups of weights (16 d registers) + 2 x 8 q accum
 ROWS_PAIRS = 4  # partial sums per output channel: input channels {2p, 2p + 1, 2p + 8, 2p + 9}
 ROWS_REG_N = 1  # 16 q accumulators per pixel
 #: in-order cores: LLVM's scheduler for them hoists the weight loads of the unrolled kernel taps ahead of the
-#: accumulators' updates and spills (pose_s a53 with 16 channels per pass: 19.6 M instructions against 18.6 M on
-#: the 16x8 step; 8 per pass 17.4 M, still spilling), so the 16 output channels run as 4 passes of 4 over the
+#: accumulators' updates and spills (pose_s a53 with 16 channels per pass: 20.4 M instructions against 18.6 M on
+#: the 16x8 step, bench/arm/results_int8_rows_first.json), so the 16 output channels run as 4 passes of 4 over the
 #: reduction (17.4 M, no spill; the activations loaded once per pass)
 IN_ORDER = ("cortex-a53", "cortex-a35")
 #: the 4 partial sums of 16 output channels added by ``addp`` (3 per 4 channels), where LLVM's vectorized
