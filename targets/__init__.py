@@ -36,10 +36,14 @@ def list_targets() -> list[dict[str, Any]]:
 
 def preferences(target_text: str) -> dict[str, Any]:
     """What the target's kernels prefer of the compression passes (``channel_block``: pruned channel counts
-    should be a multiple of it; an unaligned count pads to the next block and saves nothing there)."""
-    module = parse_target(target_text, REGISTRY).module
-    block = getattr(module, "CHANNEL_BLOCK", None)
-    return {"channel_block": block} if block else {}
+    should be a multiple of it; an unaligned count pads to the next block and saves nothing there;
+    ``weight_bits``: quant's weight width, where narrower weights reach a faster int8 step)."""
+    spec = parse_target(target_text, REGISTRY)
+    block = getattr(spec.module, "CHANNEL_BLOCK", None)
+    prefs: dict[str, Any] = {"channel_block": block} if block else {}
+    if hasattr(spec.module, "preferences"):  # e.g. host: quant's weight_bits for its int8 family
+        prefs.update(spec.module.preferences(spec.options))
+    return prefs
 
 
 def onnx_passes(target_text: str) -> list[str]:

@@ -6,7 +6,8 @@ its AVX2 kernels, as on such a machine). Counts are deterministic, so an AVX2-on
     python bench/x86/run.py --models resnet_s --variants int8
     python bench/x86/run.py --variants headline --json /tmp/x86_headline.json
 
-Variants as bench/arm: fp32 = `fold-bn`, int8 = `fold-bn,quant` (onnxruntime runs the same QDQ model with its fused
+Variants as bench/arm, compressed with ``host{isa=avx2}``'s preferences (16-channel blocks, 7-bit weights): fp32 =
+`fold-bn`, int8 = `fold-bn,quant` (onnxruntime runs the same QDQ model with its fused
 integer kernels, which on AVX2 sum u8 x s8 pairs in saturating int16: "ort max|d|" shows how far that lands from our
 library, which follows the QDQ semantics), headline = `fold-bn,prune{macs=0.7},quant` against onnxruntime fp32 on the
 original model (there "ort max|d|" is the compression error, not a kernel error). Our side:
@@ -37,7 +38,7 @@ RUNNER = HERE / "runner.py"
 
 def compressed(name: str, variant: str, work: Path) -> Path:
     return insn.compressed(insn.REPO / "models" / f"{name}.onnx", PIPELINES[variant],
-                           work / f"{name}.{variant}.onnx", "host")
+                           work / f"{name}.{variant}.onnx", "host{isa=avx2}")
 
 
 def count(kind: str, path: Path, inputs: list[np.ndarray], cpu: str, work: Path, runs: int) -> dict:

@@ -65,6 +65,7 @@ class QuantSetup:
     ranges: dict[str, tuple[float, float]]
     act_dtype: str
     plan_kwargs: dict[str, Any]
+    weight_bits: int = 8
 
     def replan(self, float_model: Model, float_nodes: set[str]) -> P.Plan:
         return P.plan_quantization(float_model, float_nodes=float_nodes, **self.plan_kwargs)
@@ -72,7 +73,8 @@ class QuantSetup:
     def build(self, float_model: Model, plan: P.Plan | None = None) -> tuple[Model, dict]:
         plan = plan or self.plan
         q = float_model.copy()
-        counts = qdq.materialize(q, plan, qparams_for(plan, self.ranges, self.act_dtype))
+        counts = qdq.materialize(q, plan, qparams_for(plan, self.ranges, self.act_dtype),
+                                 weight_bits=self.weight_bits)
         return q, counts
 
 
@@ -103,7 +105,9 @@ class Quantize(Pass):
                                 "to the BN-statistics range where recorded (union), BN ranges replacing them (bn), "
                                 "or random inputs only (random)", choices=("union", "bn", "random"))
         weight_only: bool = option(False, "only store Gemm/MatMul weights in int8/int4 (no activation Q/DQ, no data)")
-        weight_bits: int = option(8, "weight bits for weight_only: 8 or 4 (4 raises the opset to 21)")
+        weight_bits: int = option(8, "weight bits: 8 or 7 (codes within +-63: x86 without VNNI multiplies them "
+                                  "with vpmaddubsw and no saturation; left at 8, a --target that prefers 7 sets it), "
+                                  "weight_only: 8 or 4 (4 raises the opset to 21)")
         samples: int = option(128, "largest number of calibration samples used")
         sens_samples: int = option(16, "samples used to measure agreement for bias correction and mixed precision")
 
@@ -118,9 +122,15 @@ class Quantize(Pass):
         if o.weight_only:
             return QuantizeWeights(weight_bits=o.weight_bits, per_channel=o.per_channel,
                                    exclude=list(o.exclude)).run(model, ctx)
+        if o.weight_bits not in (7, 8):
+            raise UsageError(f"pass 'quant': weight_bits must be 8 or 7 (4 only with weight_only=true); got "
+                             f"{o.weight_bits}")
+        weight_bits = o.weight_bits
+        if "weight_bits" not in dict(self.given):  # the target's int8 kernels may want narrower weights
+            weight_bits = int(ctx.preferences.get("weight_bits", weight_bits))
         _require_float32(model)
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"prepare": prepare(model)}
+        stats: dict[str, Any] = {"prepare": prepare(model), "weight_bits": weight_bits}
         data = ctx.calib_data(o.calib, model)
         if data is None:
             data = CalibData.random(model, count=min(o.samples, 32), seed=ctx.seed)
@@ -156,7 +166,7 @@ class Quantize(Pass):
                 for t, (lo, hi) in datafree.bn_ranges(model, plan.tensors).items():
                     a, b = ranges.get(t, (lo, hi))
                     ranges[t] = (min(a, lo), max(b, hi))
-            candidate = QuantSetup(plan, ranges, o.act_dtype, plan_kwargs)
+            candidate = QuantSetup(plan, ranges, o.act_dtype, plan_kwargs, weight_bits)
             if len(methods) > 1:
                 scores[method] = measure(candidate.build(model)[0], sens_feeds, reference)
                 if setup is not None and scores[method] <= max(v for k, v in scores.items() if k != method):

@@ -110,6 +110,13 @@ class PackedConvEmitter:
             acc = bb.emit_te(conv2d_nchwc_int8_rows, xp, kernel, list(strides), list(pad), list(dilation), zp,
                              offset, self.family.ROWS_PAIRS, primfunc_name_hint="conv2d_NCHWc_int8")
             return acc, OC_BLOCK, offset
+        limit = getattr(self.family, "SMALL_LIMIT", None)
+        if limit is not None and int(np.abs(w.astype(np.int32)).max(initial=0)) <= limit:
+            # small weights (quant{weight_bits=7}): the family's step on them as int8, one sum per output
+            kernel = relax.const(pack_kernel(w, ic_bn), "int8")
+            acc = bb.emit_te(conv2d_nchwc_int8, xp, kernel, list(strides), list(pad), list(dilation), zp, offset,
+                             1, narrow, True, primfunc_name_hint="conv2d_NCHWc_int8")
+            return acc, OC_BLOCK, offset
         # a family whose instruction multiplies wider operands takes its weights widened once, at build time
         wdtype = getattr(self.family, "WEIGHT_DTYPE", "int8")
         kernel = relax.const(pack_kernel(w, ic_bn).astype(wdtype), wdtype)
@@ -162,18 +169,19 @@ def _zero_point_pad(data, padding, zp: int):
 
 
 def conv2d_nchwc_int8(data, kernel, strides, padding, dilation, zp: int, offset: int = 0, pairs: int = 1,
-                      narrow: bool = False):
+                      narrow: bool = False, small: bool = False):
     """Packed conv of uint8 data minus ``offset`` with int8 weights -> int32: NCHW[ic_bn]c data,
     OIHW[ic_bn/4]i16o4i kernel, NCHW16c output; the padding carries the zero point. The reduction of
     ``topi.nn.conv2d_NCHWc_int8`` (block ``conv2d_NCHWc_int8``; it pads with 0 and so needed a separate pad kernel
     before every conv), with the ISA family's input offset (0: u8 x s8, VNNI; 128: s8 x s8, sdot / NEON).
     ``pairs`` > 1: the reduction keeps ``pairs`` partial sums per output (consecutive input channels of every
     group of 4 split into ``pairs`` runs; block ``conv2d_NCHWc_int8`` with a trailing axis), added by a second
-    block. ``narrow``: no weight is -128 (annotated on the block: a family may then add two products in int16)."""
-    from compress_graph.targets.int8.schedule import NARROW_ANNOTATION
+    block. ``narrow``: no weight is -128 (annotated on the block: a family may then add two products in int16);
+    ``small``: every weight within the family's ``SMALL_LIMIT`` (annotated: its ``INTRIN_SMALL`` step applies)."""
+    from compress_graph.targets.int8.schedule import NARROW_ANNOTATION, SMALL_ANNOTATION
     from tvm import te
 
-    attrs = {NARROW_ANNOTATION: 1} if narrow else None
+    attrs = {**({NARROW_ANNOTATION: 1} if narrow else {}), **({SMALL_ANNOTATION: 1} if small else {})} or None
     data_pad = _zero_point_pad(data, padding, zp)
     n, _, h, w, _ = data_pad.shape
     oc_chunks, ic_chunks, kh, kw, ic_f, oc_bn, ic_s = kernel.shape

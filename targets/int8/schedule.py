@@ -32,6 +32,7 @@ CONV_BLOCK = "conv2d_NCHWc_int8"
 DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc_int8"  # packed.depthwise_conv2d_nchwc_int8
 PAD_BLOCK = "data_pad_zp"  # packed._zero_point_pad
 NARROW_ANNOTATION = "compress_graph.weights_in_127"  # packed.conv2d_nchwc_int8: no weight is -128
+SMALL_ANNOTATION = "compress_graph.weights_small"  # packed.conv2d_nchwc_int8: |weights| <= the family's SMALL_LIMIT
 ROWS_ANNOTATION = "compress_graph.weight_rows"  # packed.ROWS_ANNOTATION
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
 VNNI_INTRIN = "dot_16x4_vnni"  # targets/isa/x86_vnni.INTRIN
@@ -82,7 +83,8 @@ def _register_tile(sch, loop, reg_n: int):
 
 def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
                       wide: tuple[str, int, bool, int | None] | None = None,
-                      rows: tuple[str, int, str | None, int] | None = None):
+                      rows: tuple[str, int, str | None, int] | None = None,
+                      small: tuple[str, int] | None = None):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
     raises if the kernel does not fit. ``wide`` = (intrinsic, groups, needs narrow weights, its register tile or
     None for ``reg_n``): a family's
@@ -90,8 +92,13 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
     if it needs them, the conv block is marked as having no -128 weight: NARROW_ANNOTATION). ``rows`` = (intrinsic,
     register tile, the partials' reduction intrinsic or None, output channels per pass) for a conv on weight rows
     (packed.conv2d_nchwc_int8_rows, marked ROWS_ANNOTATION): the whole 16-channel input block per step, the 16
-    output channels in one pass or several over the reduction."""
+    output channels in one pass or several over the reduction. ``small`` = (intrinsic, register tile) for a conv
+    whose weights are all within the family's ``SMALL_LIMIT`` (marked SMALL_ANNOTATION): the 16x4 step on them."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
+    if sch.get(conv).annotations.get(SMALL_ANNOTATION, 0):
+        if small is None:
+            raise NotAPackedConv("small weights without the family's small-weight intrinsic")
+        intrin, reg_n, wide = small[0], small[1], None
     loops = sch.get_loops(conv)
     pair = loops[5:6] if len(loops) == 11 else []  # the partial-sum axis of a PAIRS family (targets/isa)
     n, oc_chunk, oh, ow, oc_block = loops[:5]
@@ -235,7 +242,8 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     if hasattr(family, "rows_step"):
         rows_intrin, rows_oc = family.rows_step(target)
         rows = (rows_intrin, family.ROWS_REG_N, getattr(family, "ROWS_REDUCE_INTRIN", None), rows_oc)
-    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows),
+    small = (family.INTRIN_SMALL, family.SMALL_REG_N) if hasattr(family, "INTRIN_SMALL") else None
+    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows, small),
                                      lambda f: schedule_depthwise(f, family.REG_N), schedule_packed_max_pool),
                                NotAPackedConv)
     stats["isa"] = family.NAME

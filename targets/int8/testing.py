@@ -41,8 +41,9 @@ def random_input(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]
 
 
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, *, n_calib: int = 4, seed: int = 0,
-                 per_channel: bool = True) -> Path:
-    """``fp32_path`` -> QDQ model at ``out_path`` (BN folded by onnxruntime's pre-processing)."""
+                 per_channel: bool = True, reduce_range: bool = False) -> Path:
+    """``fp32_path`` -> QDQ model at ``out_path`` (BN folded by onnxruntime's pre-processing); ``reduce_range``:
+    7-bit weights (onnxruntime's codes within [-64, 64])."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -64,7 +65,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, *, n_calib: int = 
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+                        weight_type=QuantType.QInt8, reduce_range=reduce_range)
     return out_path
 
 

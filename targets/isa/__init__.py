@@ -6,8 +6,11 @@ computes ``C[16] += sum_k (A[k] - INPUT_OFFSET) * B[16, k]`` over 4 k (uint8 A, 
 ``register_intrinsic()``, and ``REG_N``, the output pixels one register tile holds; ``PAIRS`` (optional): the
 intrinsic accumulates ``C[16, PAIRS]`` partial sums that the epilogue adds; ``rows_step(target)`` (optional): the
 intrinsic and output channels per pass of a step on weight rows (packed.pack_kernel_rows) for 16-channel input
-blocks, with ``ROWS_PAIRS``, ``ROWS_REG_N`` and ``ROWS_REDUCE_INTRIN`` (arm_neon). A new ISA is a new module here,
-not a branch in the schedules.
+blocks, with ``ROWS_PAIRS``, ``ROWS_REG_N`` and ``ROWS_REDUCE_INTRIN`` (arm_neon); ``INTRIN_SMALL`` (optional),
+with ``SMALL_LIMIT`` and ``SMALL_REG_N``: the 16x4 step on int8 weights for convs whose every weight is within
++-SMALL_LIMIT (x86_avx2: ``vpmaddubsw`` on 7-bit weights), registered by ``register_intrinsic()``; a family with it
+makes ``host`` ask ``quant`` for 7-bit weights (targets/host.preferences). A new ISA is a new module here, not a
+branch in the schedules.
 """
 
 from __future__ import annotations

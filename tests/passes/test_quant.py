@@ -199,6 +199,47 @@ def test_option_errors():
         run_pipeline(m, "quant{method=kmeans}", verify=False)
     with pytest.raises(UsageError):
         run_pipeline(m, "quant{percentile=20}", verify=False)
+    with pytest.raises(UsageError, match="weight_bits must be 8 or 7"):
+        run_pipeline(m, "quant{weight_bits=4}", verify=False)
+
+
+def _conv_weight_codes(q):
+    """The int8 weight codes of every Conv (behind its DequantizeLinear)."""
+    return {n.name: np.asarray(n.inputs[1].inputs[0].inputs[0].values) for n in q.graph.nodes if n.op == "Conv"}
+
+
+@pytest.mark.parametrize("text,prefs,bits", [
+    ("quant", {}, 8),
+    ("quant{weight_bits=7}", {}, 7),
+    ("quant", {"weight_bits": 7}, 7),  # a target that prefers 7-bit weights (host{isa=avx2}), option left alone
+    ("quant{weight_bits=8}", {"weight_bits": 7}, 8),  # an explicit choice wins over the target's preference
+])
+def test_weight_bits_7_narrows_the_codes_to_63(text, prefs, bits):
+    m = residual_net()
+    data = CalibData.random(m, 16, seed=3)
+    q, report = run_pipeline(m, text, calib=data, verify=False, preferences=prefs)
+    assert report["passes"][-1]["stats"]["weight_bits"] == bits
+    qmax = 2 ** (bits - 1) - 1
+    codes = _conv_weight_codes(q)
+    assert len(codes) == 2
+    for name, w in codes.items():
+        assert w.dtype == np.int8
+        # symmetric per output channel: each channel's largest weight is exactly +-qmax
+        assert np.array_equal(np.abs(w.astype(np.int32)).reshape(w.shape[0], -1).max(axis=1),
+                              np.full(w.shape[0], qmax)), name
+    f = feeds(m)
+    assert H.cosine(H.run(m, f), H.run(q, f)) > 0.99
+
+
+def test_weight_bits_preference_of_the_x86_targets():
+    """host{isa=avx2} (and AVX-512 without VNNI) asks quant for 7-bit weights; VNNI and ARM do not."""
+    pytest.importorskip("tvm")
+    from compress_graph.targets import preferences
+
+    assert preferences("host{isa=avx2}")["weight_bits"] == 7
+    assert preferences("host{isa=avx512}")["weight_bits"] == 7
+    assert "weight_bits" not in preferences("host{isa=vnni}")
+    assert "weight_bits" not in preferences("arm{cpu=cortex-a53}")
 
 
 @pytest.mark.parametrize("text,bits,tol", [("quant-weights", 8, 0.9999), ("quant-weights{weight_bits=4}", 4, 0.99),

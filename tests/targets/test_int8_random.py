@@ -214,17 +214,18 @@ def test_random_net_arm_library_matches_the_qdq_semantics_under_qemu(tmp_path, s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(12))
-def test_random_net_avx2_library_matches_the_qdq_semantics(tmp_path, seed):
+@pytest.mark.parametrize("seed,reduce_range", [(s, False) for s in range(12)] + [(s, True) for s in range(12, 20)])
+def test_random_net_avx2_library_matches_the_qdq_semantics(tmp_path, seed, reduce_range):
     """The x86 AVX2 family (vpmaddwd on widened 16-bit operands, pair accumulators; host{isa=avx2}) on the same random
-    nets, within one output step of the QDQ semantics. No saturation: onnxruntime's AVX2 u8s8 kernels clip there."""
+    nets, within one output step of the QDQ semantics. No saturation: onnxruntime's AVX2 u8s8 kernels clip there.
+    With 7-bit weights (onnxruntime's reduce_range: codes in [-64, 64]) its convs take the vpmaddubsw step."""
     import platform
 
     from compress_graph.targets import build_for_target, host
 
     if platform.machine() != "x86_64" or host.missing_features("avx2"):
         pytest.skip("needs an x86 CPU with AVX2")
-    path = quantize_qdq(_random_net(seed, tmp_path / "fp32.onnx"), tmp_path / "qdq.onnx")
+    path = quantize_qdq(_random_net(seed, tmp_path / "fp32.onnx"), tmp_path / "qdq.onnx", reduce_range=reduce_range)
     model = onnx.load(str(path))
     section = build_for_target(model, "host{isa=avx2,cores=1}", tmp_path / "out")
     sched = section["schedule"]
