@@ -557,7 +557,8 @@ def schedule_max_pool(func, lanes: int):
 
 
 def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
-    """Hand-schedule, in a new module, every not-yet-scheduled float32 conv kernel of the fused ``mod``.
+    """Hand-schedule, in a new module, every not-yet-scheduled float32 conv kernel of the fused ``mod`` (and the
+float elementwise kernels that would recompute an exponential: targets/float_tail.py).
 
     Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for convs it did not fit.
     """
@@ -583,8 +584,16 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
                 raise NotAFloatConv(str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "") from exc
         raise NotAFloatConv(reason)
 
+    def float_tail(func):
+        from compress_graph.targets.float_tail import NotAFloatTail, schedule_float_tail
+
+        try:
+            return schedule_float_tail(func, lanes)
+        except NotAFloatTail as exc:
+            raise NotAFloatConv(str(exc)) from exc
+
     mod, stats = hand_schedule(mod, (channels_first, lambda f: schedule_conv_nchw(f, lanes, oc_tile, prepack),
                                      schedule_interleave, lambda f: schedule_max_pool(f, lanes),
-                                     lambda f: schedule_depthwise_phases(f, lanes)), NotAFloatConv)
+                                     lambda f: schedule_depthwise_phases(f, lanes), float_tail), NotAFloatConv)
     mod, folded = fold_weight_layouts(mod)
     return mod, {**stats, **folded}
