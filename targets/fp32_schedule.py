@@ -199,6 +199,18 @@ def _open_conv(func, grouped: bool = False):
     blocks = sch.get_child_blocks(root)
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(sch.get(conv).name_hint)
+    # elementwise blocks fused in before the conv that neither it nor its pad reads (another branch's bias + relu
+    # that only the epilogue's residual add takes: pose_s) are computed inside the epilogue instead
+    feeds = {r.source for b in blocks[:at + 1] if sch.get(b).name_hint in (PAD_BLOCK, names[at])
+             for r in sch.get(b).reads}
+    side = [b for b in blocks[:at] if sch.get(b).name_hint != PAD_BLOCK and sch.get(b).writes[0].source not in feeds
+            and all(iv.iter_type == tvm.tirx.IterVar.DataPar for iv in sch.get(b).iter_vars)]
+    for block in side:
+        sch.compute_inline(block)
+    if side:
+        blocks = sch.get_child_blocks(root)
+        names = [sch.get(b).name_hint for b in blocks]
+        at = names.index(sch.get(conv).name_hint)
     if at > 1 or (at == 1 and names[0] != PAD_BLOCK):
         raise ValueError("producers fused before the conv")
     for block in blocks[at + 1:-1]:  # the epilogue chain collapses into its last block
