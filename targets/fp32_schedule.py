@@ -570,7 +570,7 @@ def schedule_max_pool(func, lanes: int):
 
 def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, Any]]:
     """Hand-schedule, in a new module, every not-yet-scheduled float32 conv kernel of the fused ``mod`` (and the
-float elementwise kernels that would recompute an exponential: targets/float_tail.py).
+    float elementwise kernels that would recompute an exponential: targets/float_tail.py).
 
     Returns (module, stats): ``scheduled`` kernel names, ``failed`` {name: reason} for convs it did not fit.
     """
