@@ -43,8 +43,7 @@ def _calls_and_loads(stmt) -> tuple[set[str], dict[object, int]]:
             child = getattr(node, field, None)
             if isinstance(child, tvm.ir.expr.Expr):
                 stack.append(child)
-        for field in ("args",):
-            stack.extend(c for c in (getattr(node, field, None) or []) if isinstance(c, tvm.ir.expr.Expr))
+        stack.extend(c for c in (getattr(node, "args", None) or []) if isinstance(c, tvm.ir.expr.Expr))
     return calls, loads
 
 
