@@ -67,6 +67,10 @@ def target_section(target: Any, charts: Charts) -> str:
     out.append("<h3>int8 lowering</h3>")
     out.append(_kv_table(int8, "target.int8") if isinstance(int8, dict) and int8
                else _none("not recorded (float library or --no-int8)"))
+    half = target.get("fp16")
+    if isinstance(half, dict) and half:  # arm{fp16=true}: whether the float model went float16, and why not
+        out.append("<h3>float16 (fp16=true)</h3>")
+        out.append(_kv_table(half, "target.fp16"))
     timings = target.get("timings")
     out.append("<h3>Build timings</h3>")
     out.append(_kv_table(timings, "target.timings") if isinstance(timings, dict) and timings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress_graph.ir.errors import UsageError
 from compress_graph.targets.base import REQUANT_OPTION, Option, int_option
 
 NAME = "arm"
@@ -29,10 +30,20 @@ OPTIONS = {
                        "TVM's unscheduled loop nests (none)", ("sample", "none")),
     "fastmath": Option("on", "LLVM fast-math (faster exp/sigmoid, reassociated sums; error ~1e-6)", ("on", "off")),
     "requant": REQUANT_OPTION,
+    "fp16": Option("false", "float kernels in half precision (Armv8.2-A FP16 arithmetic, cortex-a55/a76): float "
+                   "models run float16 inside, float32 inputs and outputs; int8 (QDQ) models stay as they are",
+                   ("false", "true")),
     "symbols": Option("strip", "kernel symbols in the library: strip (byte-identical across build folders) or "
                       "keep (named kernels for profilers: perf on the board, bench/arm's per-kernel counts)",
                       ("strip", "keep")),
 }
+
+def check_options(options: dict[str, str]) -> None:
+    if options.get("fp16") == "true" and "+fullfp16" not in _MATTR[options["cpu"]]:
+        fp16_cpus = ", ".join(c for c, m in _MATTR.items() if "+fullfp16" in m)
+        raise UsageError(f"target 'arm': fp16=true needs a core with FP16 arithmetic (Armv8.2-A: {fp16_cpus}); "
+                         f"{options['cpu']} has none")
+
 
 def profile(lib_path, feed, options: dict[str, str]) -> dict[str, Any]:
     """``--profile``: executed instructions per kernel under qemu-aarch64 (targets/arm_profile.py; time under qemu

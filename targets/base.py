@@ -95,6 +95,9 @@ def parse_target(text: str, registry: dict[str, Any]) -> TargetSpec:
         if choices and value not in choices:
             raise UsageError(f"target '{name}': {key}={value} is not valid; choose one of {', '.join(choices)}")
         options[key] = value
+    check = getattr(module, "check_options", None)  # combinations a target refuses (e.g. arm fp16 on a72)
+    if check is not None:
+        check(options)
     return TargetSpec(module, options)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 from compress_graph.ir.errors import TargetError
-from compress_graph.targets import frontend, kernel_profile, schedule, toolchain, tuning
+from compress_graph.targets import frontend, half, kernel_profile, schedule, toolchain, tuning
 from compress_graph.targets.base import TargetSpec
 
 LIB_NAME = "model.so"
@@ -185,9 +185,10 @@ NOISE_FACTOR = 2.0
 
 def compare(onnx_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], got: list[list[np.ndarray]],
             outputs: list[frontend.TensorSig], atol: float | list[float] = ATOL,
-            rounding_noise: bool = False) -> dict[str, Any]:
+            rounding_noise: bool = False, rel_to_max: float = 0.0) -> dict[str, Any]:
     """Max abs/rel error against onnxruntime; passes when every element satisfies |a-b| <= atol + RTOL*|b|
-    (``atol`` per output, or one for all).
+    (``atol`` per output, or one for all; ``rel_to_max``: at least that fraction of the output's largest magnitude in
+    the reference, a float16 library's tolerance).
 
     ``rounding_noise`` (int8 libraries): a one-step difference in an early layer legitimately grows through later
     ones (a 3x3 depthwise conv with large weights turns one input step into dozens of output steps), so deep
@@ -208,6 +209,8 @@ def compare(onnx_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], got
         if len(values) != len(ref):
             raise TargetError(f"the library returned {len(values)} outputs, the ONNX model {len(ref)}")
         refs.append(ref)
+        if rel_to_max:
+            atols = [max(tol, rel_to_max * float(np.abs(b).max(initial=0.0))) for tol, b in zip(atols, ref)]
         for name, a, b in zip(names, values, ref):
             diff = np.abs(np.asarray(a, dtype=np.float64).reshape(b.shape) - b)
             diffs[name].append(diff)
@@ -323,8 +326,18 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     timings: dict[str, float] = {}
     t0 = time.monotonic()
 
+    half_report: dict[str, Any] = {}
+    tvm_model = onnx_model
+    if options.get("fp16") == "true":
+        try:
+            tvm_model, counts = half.to_half(onnx_model)
+            half_report = {"applied": True, "converted": counts}
+            say(f"{spec.text()}: float16 inside ({counts['initializers']} initializers converted)")
+        except ValueError as exc:
+            half_report = {"applied": False, "reason": str(exc)}
+            say(f"{spec.text()}: fp16 not applied: {exc}")
     say(f"{spec.text()}: importing the ONNX model into TVM Relax")
-    mod = frontend.to_relax(onnx_model)
+    mod = frontend.to_relax(tvm_model)
     int8_report, int8_atol = _lower_int8(mod, target, onnx_model, module.DEVICE,
                                          options.get("requant", "fixed")) if int8 else ({}, [])
     if int8_report.get("converted"):
@@ -454,7 +467,8 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         else:
             verification = {"method": ran["method"],
                             **compare(onnx_model, feeds, ran["outputs"], outputs, atol=int8_atol or ATOL,
-                                    rounding_noise=bool(int8_report.get("converted")))}
+                                    rounding_noise=bool(int8_report.get("converted")),
+                                    rel_to_max=half.FP16_REL if half_report.get("applied") else 0.0)}
         timings["verify_s"] = round(time.monotonic() - t2, 2)
 
     kernel_schedules = kernel_profile.kernel_sources(before_defaults, hand["scheduled"], fhand["scheduled"],
@@ -477,6 +491,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         "inputs": [s.as_json() for s in inputs], "outputs": [s.as_json() for s in outputs],
         **({"dynamic_inputs": input_shapes} if input_shapes else {}),
         "entry": "main", "device": module.DEVICE, "device_code": device_info,
+        **({"fp16": half_report} if half_report else {}),
         "schedule": sched_report, "tuning_records": "tuning/" if tuning.has_records(out / "tuning") else None,
         "versions": versions(),
     }
@@ -486,5 +501,6 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         "model_json": str(out / "model.json"), "library_sha256": meta["library_sha256"], "elf_machine": machine,
         "tvm_target": target_json, "schedule": sched_report, "tuning": tune_report, "device_code": device_info,
         "verification": verification, "timings": timings, **({"int8": int8_report} if int8_report else {}),
+        **({"fp16": half_report} if half_report else {}),
         "kernel_schedules": kernel_schedules, **({"profile": profile_report} if profile_report else {}),
     }

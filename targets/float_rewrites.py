@@ -19,17 +19,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 
 
 def _fast_sigmoid(x):
+    """float32 or float16 (computed in float32: TVM's fast_exp polynomial is float32's; converts vectorize)."""
     from tvm import te, topi
 
-    e = topi.fast_exp(topi.negative(x))
-    return te.compute(x.shape, lambda *i: tvm.tirx.const(1.0, x.dtype) / (tvm.tirx.const(1.0, x.dtype) + e(*i)),
-                      name="fast_sigmoid")
+    if x.dtype == "float32":
+        e = topi.fast_exp(topi.negative(x))
+        return te.compute(x.shape, lambda *i: tvm.tirx.const(1.0, x.dtype) / (tvm.tirx.const(1.0, x.dtype) + e(*i)),
+                          name="fast_sigmoid")
+    x32 = te.compute(x.shape, lambda *i: x(*i).astype("float32"), name="to_float32")
+    e = topi.fast_exp(topi.negative(x32))
+    one = tvm.tirx.const(1.0, "float32")
+    return te.compute(x.shape, lambda *i: (one / (one + e(*i))).astype(x.dtype), name="fast_sigmoid")
 
 
 def _separable_max_pool(x, kernel, strides, padding, out_shape):
@@ -91,6 +96,9 @@ def _depthwise_phases(x, w, stride_h, padding, out_shape):
         name=DW_CONV)
 
 
+FLOATS = ("float32", "float16")  # float16: arm{fp16=true} (targets/half.py)
+
+
 def _dtype(expr: relax.Expr) -> str:
     ty = expr.ty
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else ""
@@ -115,7 +123,7 @@ class _FloatRewriter(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         name = getattr(call.op, "name", None)
-        if name == "relax.sigmoid" and self.fast_math and _dtype(call.args[0]) == "float32":
+        if name == "relax.sigmoid" and self.fast_math and _dtype(call.args[0]) in FLOATS:
             self.count["fast_sigmoid"] += 1
             return self.builder_.call_te(_fast_sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid")
         if name == "relax.nn.max_pool2d":
@@ -137,7 +145,7 @@ class _FloatRewriter(relax.PyExprMutator):
 
     def _max_pool(self, call: relax.Call) -> relax.Expr | None:
         attrs = call.attrs
-        if str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW" or _dtype(call.args[0]) != "float32" \
+        if str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW" or _dtype(call.args[0]) not in FLOATS \
                 or any(int(v) != 1 for v in attrs.dilation):
             return None
         try:
@@ -156,8 +164,8 @@ class _FloatRewriter(relax.PyExprMutator):
         x, weight = call.args
         attrs = call.attrs
         if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" \
-                or str(attrs.out_layout or "NCHW") != "NCHW" or str(attrs.out_dtype or "") not in ("", "float32") \
-                or _dtype(x) != "float32" or _dtype(weight) != "float32" \
+                or str(attrs.out_layout or "NCHW") != "NCHW" or str(attrs.out_dtype or "") not in ("", _dtype(x)) \
+                or _dtype(x) not in FLOATS or _dtype(weight) != _dtype(x) \
                 or any(int(v) != 1 for v in attrs.dilation) or int(attrs.strides[1]) != 2:
             return None
         try:
@@ -180,10 +188,10 @@ class _FloatRewriter(relax.PyExprMutator):
         attrs = call.attrs
         if not isinstance(weight, tvm.ir.GenericConst) or str(attrs.data_layout) != "NCHW" \
                 or str(attrs.kernel_layout) != "IOHW" or int(attrs.groups) != 1 \
-                or any(int(v) != 1 for v in attrs.dilation) or str(attrs.out_dtype or "") not in ("", "float32"):
+                or any(int(v) != 1 for v in attrs.dilation) or str(attrs.out_dtype or "") not in ("", _dtype(x)):
             return None
         ty = x.ty
-        if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) != "float32":
+        if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) not in FLOATS:
             return None
         try:
             n, c, h, w_in = (int(v) for v in ty.shape.values)
@@ -206,7 +214,7 @@ class _FloatRewriter(relax.PyExprMutator):
                     end=[h - max(-bottom, 0), w_in - max(-right, 0)]))
             pad = [max(top, 0), max(left, 0), max(bottom, 0), max(right, 0)]
             results.append(self.builder_.emit(relax.op.nn.conv2d(
-                xi, relax.const(part.kernel(w_conv).astype(np.float32)), strides=[1, 1], padding=pad)))
+                xi, relax.const(part.kernel(w_conv).astype(str(ty.dtype))), strides=[1, 1], padding=pad)))
         sh, sw = (int(v) for v in attrs.strides)
         return self.builder_.call_te(conv_transpose.interleave, results, sh, sw, out_h, out_w,
                                      primfunc_name_hint="interleave_phases")

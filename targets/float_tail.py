@@ -64,8 +64,8 @@ def schedule_float_tail(func, lanes: int):
     if any(len(s.writes) != 1 for s in stmts):
         raise NotAFloatTail("a block writes several buffers")
     writes = [s.writes[0].source for s in stmts]
-    if any(str(b.dtype) != "float32" for b in writes):
-        raise NotAFloatTail("not float32")
+    if any(str(b.dtype) not in ("float32", "float16") for b in writes):
+        raise NotAFloatTail("not float32 / float16")
     scratch = set(sch.get(sch.get_sblock("root")).alloc_buffers)  # the rest are the kernel's parameters
     if any(type(s.body).__name__ != "BufferStore" for s in stmts):
         raise NotAFloatTail("a block is not one store")

@@ -39,6 +39,7 @@ from compress_graph.targets.schedule import SCHEDULED_ATTR, hand_schedule
 CONV_BLOCK = "conv2d_nchw"
 GROUP_CONV_BLOCK = "group_conv2d_nchw"  # the legalizer's grouped and depthwise conv
 PAD_BLOCK = "pad_temp"
+FLOATS = ("float32", "float16")  # float16: arm{fp16=true} (targets/half.py), twice the lanes per vector
 OC_T = 4  # output channels per register tile where the ISA has 16 vector registers (targets/isa.float_oc_tile)
 
 
@@ -110,7 +111,7 @@ PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"  # relax.transform.SplitLa
 
 
 def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bool = False,
-                           lanes: int | None = None):
+                           lanes: int | None = None, pointwise_lanes: int = 0):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ epilogue) with output channels as the vector dimension:
 
         for (n, oc_outer, oh)  parallel
@@ -129,13 +130,17 @@ def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bo
     (``fold_weight_layouts``). Raises NotAFloatConv where the output channels are not a multiple of C.
     ``unroll_taps``: the KHxKW loops unrolled too, so that LLVM loads each input broadcast once for the kernel
     columns that share it (AVX2, no embedded broadcast: 1 + (P - 1) / KW broadcasts per P pixels and tap).
-    ``lanes``: the ISA's float vector width (the padded input's rows; default C)."""
+    ``lanes``: the ISA's float vector width (the padded input's rows; default C). ``pointwise_lanes`` (float16
+    kernels: 8): a 1x1 conv whose H*W pixels are no whole number of such vectors is taken too, where the pixel
+    vectors would be part-filled (PP-LCNet's 256-channel 1x1 convs at 14x14 on aarch64: 42.6 -> ? M)."""
 
     sch, conv, blocks, at = _open_conv(func)
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
     if int(sch.get(ff).extent) % channels:
         raise NotAFloatConv(f"output channels not a multiple of {channels}")
-    if int(sch.get(ry).extent) * int(sch.get(rx).extent) == 1:
+    pixels_flat = int(sch.get(yy).extent) * int(sch.get(xx).extent)
+    if int(sch.get(ry).extent) * int(sch.get(rx).extent) == 1 and not (pointwise_lanes
+                                                                        and pixels_flat % pointwise_lanes):
         # 1x1 convs keep the pixel-vector schedule, which runs them over the flat H*W row (measured with them
         # channel-vector: AVX-512 host mobilenetv2_s 1.32x -> 1.60x onnxruntime's time; a72 instructions
         # mobilenetv2_s 0.67x -> 0.75x, ppocr_cls 0.61x -> 0.64x)
@@ -193,8 +198,8 @@ def _open_conv(func, grouped: bool = False):
             continue
     else:
         raise NotAFloatConv(CONV_BLOCK)
-    if str(sch.get(conv).writes[0].source.dtype) != "float32":
-        raise NotAFloatConv("not float32")
+    if str(sch.get(conv).writes[0].source.dtype) not in FLOATS:
+        raise NotAFloatConv("not float32 / float16")
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
     names = [sch.get(b).name_hint for b in blocks]
@@ -233,10 +238,12 @@ def fold_weight_layouts(mod) -> tuple[Any, dict[str, int]]:
                  "weight_transforms_at_runtime": sum(n.endswith("_weight_prepack") for n in names)}
 
 
-def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = False):
+def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = False, narrow_tiles: bool = False):
     """The scheduled PrimFunc of a fused float32 NCHW conv (+ elementwise epilogue); raises if it does not fit.
     ``prepack``: the weights re-laid out per output-channel tile at build time (aarch64). Grouped and depthwise
-    convs too (each output channel reads its group's input rows: no input row shared across a depthwise tile)."""
+    convs too (each output channel reads its group's input rows: no input row shared across a depthwise tile).
+    ``narrow_tiles`` (float16 kernels): a width no whole vector divides takes one half-width vector per tile where
+    the usual tile would be more than 3 part-filled vectors."""
     sch, conv, blocks, at = _open_conv(func, grouped=True)
     root = sch.get_sblock("root")
     epilogue = sch.get_child_blocks(root)[at + 1:]
@@ -271,6 +278,10 @@ def schedule_conv_nchw(func, lanes: int, oc_tile: int = OC_T, prepack: bool = Fa
     else:
         flat = False
     ow_t = _width_tile(width, lanes)
+    if narrow_tiles and ow_t // _pow2_vector(ow_t, lanes) > 3 and width % (lanes // 2) == 0:
+        # a tile of many part-filled vectors (float16's 8 lanes over 196 = 14 x 14 pixels: 7 vectors of 2 lanes
+        # x 8 channels, 56 accumulators, spilled: 13x the instructions of that conv) -> one half-width vector
+        ow_t = lanes // 2
     if ow_t == 1:  # a prime width: no pixel tile (the sampled default vectorizes what it can)
         raise NotAFloatConv(f"no pixel tile for width {width}")
     # about 8 accumulator vectors: more output channels per tile when the pixel tile is one vector
@@ -354,7 +365,7 @@ def schedule_interleave(func):
         raise NotAFloatConv(INTERLEAVE_BLOCK)
     out = sch.get(blocks[0]).writes[0].source
     phase = sch.get(blocks[0]).reads[0].source
-    if len(out.shape) != 4 or str(out.dtype) != "float32":
+    if len(out.shape) != 4 or str(out.dtype) not in FLOATS:
         raise NotAFloatConv("not a float NCHW interleave")
     sh = -(-int(out.shape[2]) // int(phase.shape[2]))
     sw = -(-int(out.shape[3]) // int(phase.shape[3]))
@@ -399,17 +410,18 @@ DEINTERLEAVE_INTRIN = "compress_graph_f32_deinterleave_2x8"
 
 
 @functools.cache
-def _register_deinterleave() -> str:
+def _register_deinterleave(dtype: str = "float32") -> str:
     """A tensor intrinsic: 16 contiguous floats -> their 8 even and 8 odd elements, two rows of a strided (2, 8)
-    buffer, as two vector shuffles (LLVM: ``vshufps`` + ``vpermpd`` on AVX2, ``ld2`` on NEON)."""
+    buffer, as two vector shuffles (LLVM: ``vshufps`` + ``vpermpd`` on AVX2, ``ld2`` on NEON); ``dtype`` float16
+    too (arm{fp16=true}: one ``ld2 .8h``)."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, c: T.handle):
         stride = T.int64()
-        src = T.match_buffer(a, (16,), "float32", offset_factor=1)
-        dst = T.match_buffer(c, (2, 8), "float32", strides=[stride, 1], offset_factor=1)
+        src = T.match_buffer(a, (16,), dtype, offset_factor=1)
+        dst = T.match_buffer(c, (2, 8), dtype, strides=[stride, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads(src[0:16])
             T.writes(dst[0:2, 0:8])
@@ -421,8 +433,8 @@ def _register_deinterleave() -> str:
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, c: T.handle):
         stride = T.int64()
-        src = T.match_buffer(a, (16,), "float32", offset_factor=1)
-        dst = T.match_buffer(c, (2, 8), "float32", strides=[stride, 1], offset_factor=1)
+        src = T.match_buffer(a, (16,), dtype, offset_factor=1)
+        dst = T.match_buffer(c, (2, 8), dtype, strides=[stride, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads(src[0:16])
             T.writes(dst[0:2, 0:8])
@@ -431,8 +443,9 @@ def _register_deinterleave() -> str:
             dst[1, T.Ramp(0, 1, 8)] = T.Shuffle([src[T.Ramp(0, 1, 8)], src[T.Ramp(8, 1, 8)]],
                                                 [1, 3, 5, 7, 9, 11, 13, 15])
 
-    TensorIntrin.register(DEINTERLEAVE_INTRIN, desc, impl)
-    return DEINTERLEAVE_INTRIN
+    name = DEINTERLEAVE_INTRIN if dtype == "float32" else f"{DEINTERLEAVE_INTRIN}_{dtype}"
+    TensorIntrin.register(name, desc, impl)
+    return name
 
 
 def schedule_depthwise_phases(func, lanes: int):
@@ -459,7 +472,7 @@ def schedule_depthwise_phases(func, lanes: int):
     j_o, j_i = sch.split(j, [None, PHASE_GROUP])
     sch.reorder(j_o, p, j_i)
     sch.parallel(sch.fuse(a, b, y))
-    sch.tensorize(p, _register_deinterleave())
+    sch.tensorize(p, _register_deinterleave(str(sch.get(phases).writes[0].source.dtype)))
     a, b, y, q, ry, rx = sch.get_loops(conv)
     width = int(sch.get(q).extent)
     ow_t = _width_tile(width, lanes)
@@ -577,19 +590,25 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
     from compress_graph.targets import isa
     from compress_graph.targets.isa import features
 
-    lanes = isa.float_lanes(target)
-    if lanes is None:
+    lanes32 = isa.float_lanes(target)
+    if lanes32 is None:
         return mod, {"scheduled": [], "failed": {}}
     oc_tile = isa.float_oc_tile(target)
-    tiles = isa.float_channel_tiles(target)
     prepack = features.arch_is(target, features.AARCH64, default=False)
 
+    def half(func) -> int:
+        """2 for a float16 kernel (arm{fp16=true}: twice the lanes per vector register), else 1."""
+        return 2 if any(str(getattr(p, "dtype", "")) == "float16" for p in func.params) else 1
+
     def channels_first(func):
-        """The first channel-vector tile that fits; anything else (NotAFloatConv) gets the pixel-vector schedule."""
+        """The first channel-vector tile that fits; anything else (NotAFloatConv) gets the pixel-vector schedule.
+        float16: the tile's channels doubled, the same registers holding twice the lanes."""
         reason = "no channel tile for this target"
-        for tile in tiles:
+        k = half(func)
+        for channels, pixels, unroll in isa.float_channel_tiles(target):
             try:
-                return schedule_conv_channels(func, *tile, lanes=lanes)
+                return schedule_conv_channels(func, channels * k, pixels, unroll, lanes=lanes32 * k,
+                                              pointwise_lanes=lanes32 * k if k == 2 else 0)
             except NotAFloatConv as exc:  # e.g. channels not a multiple of this tile's: the next tile may fit
                 reason = str(exc)
             except Exception as exc:  # noqa: BLE001 - a schedule primitive refused: the pixel schedule may fit
@@ -600,12 +619,15 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         from compress_graph.targets.float_tail import NotAFloatTail, schedule_float_tail
 
         try:
-            return schedule_float_tail(func, lanes)
+            return schedule_float_tail(func, lanes32 * half(func))
         except NotAFloatTail as exc:
             raise NotAFloatConv(str(exc)) from exc
 
-    mod, stats = hand_schedule(mod, (channels_first, lambda f: schedule_conv_nchw(f, lanes, oc_tile, prepack),
-                                     schedule_interleave, lambda f: schedule_max_pool(f, lanes),
-                                     lambda f: schedule_depthwise_phases(f, lanes), float_tail), NotAFloatConv)
+    mod, stats = hand_schedule(mod, (channels_first,
+                                     lambda f: schedule_conv_nchw(f, lanes32 * half(f), oc_tile, prepack,
+                                                                  narrow_tiles=half(f) == 2),
+                                     schedule_interleave, lambda f: schedule_max_pool(f, lanes32 * half(f)),
+                                     lambda f: schedule_depthwise_phases(f, lanes32 * half(f)), float_tail),
+                               NotAFloatConv)
     mod, folded = fold_weight_layouts(mod)
     return mod, {**stats, **folded}

@@ -237,24 +237,27 @@ def count_onnxruntime(model: Path, inputs: dict[str, np.ndarray], cpu: str, work
     return out
 
 
-#: mnemonic -> class, for the instruction mix (".v": an operand is a NEON vector register)
+#: mnemonic -> class, for the instruction mix (".v": an operand is a NEON vector register; ".h": an Armv8.2 FP16
+#: vector instruction, which qemu 7.2 prints as ".byte" and the plugin names from its encoding)
 DOT = {"sdot.v", "udot.v", "usdot.v", "sudot.v"}
 MMLA = {"smmla.v", "ummla.v", "usmmla.v"}
 SCALAR_MAC = {"madd", "msub", "smaddl", "umaddl", "smsubl", "umsubl", "fmadd", "fmsub", "fnmadd", "fnmsub"}
 
 
 def mix(ops: dict[str, float]) -> dict[str, float]:
-    """Shares of the executed instructions: vector (NEON), dot products, fp32 vector FMAs, scalar MACs, loads."""
+    """Shares of the executed instructions: vector (NEON), dot products, float vector FMAs (fp32 and fp16), FP16
+    vector arithmetic, scalar MACs, loads."""
     total = sum(ops.values()) or 1.0
 
     def share(pred) -> float:
         return round(sum(v for k, v in ops.items() if pred(k)) / total, 4)
 
     return {
-        "vector": share(lambda k: k.endswith(".v")),
+        "vector": share(lambda k: k.endswith((".v", ".h"))),
         "dot": share(lambda k: k in DOT),
         "mmla": share(lambda k: k in MMLA),
-        "fmla_vector": share(lambda k: k in ("fmla.v", "fmls.v")),
+        "fmla_vector": share(lambda k: k in ("fmla.v", "fmls.v", "fmla.h", "fmls.h")),
+        "fp16_vector": share(lambda k: k.endswith(".h")),
         "int8_widening_mac": share(lambda k: k.split(".")[0] in ("smlal", "smlal2", "smull", "smull2", "sadalp",
                                                                  "umlal", "umlal2", "umull", "umull2", "uadalp")),
         "scalar_mac": share(lambda k: k in SCALAR_MAC),

@@ -69,8 +69,9 @@ static int is_vector_operand(const char *s) {
   return *s == '.';
 }
 
-/* qemu 7.2's disassembler prints the Armv8.2+ dot-product and Armv8.6 matrix-multiply instructions as ".byte":
- * name them from their encodings (Arm ARM, "Advanced SIMD three same (extra)" and "vector x indexed element"). */
+/* qemu 7.2's disassembler prints the Armv8.2+ dot-product, FP16 vector and Armv8.6 matrix-multiply instructions as
+ * ".byte": name them from their encodings (Arm ARM, "Advanced SIMD three same (extra)", "three same (FP16)" and
+ * "vector x indexed element"). */
 static const char *dot_product_name(uint32_t w) {
   static const struct { uint32_t mask, value; const char *name; } forms[] = {
       {0xBFE0FC00u, 0x0E809400u, "sdot.v"},  {0xBFE0FC00u, 0x2E809400u, "udot.v"},   /* vector */
@@ -78,6 +79,15 @@ static const char *dot_product_name(uint32_t w) {
       {0xBFE0FC00u, 0x0E809C00u, "usdot.v"}, {0xBFC0F400u, 0x0F80F000u, "usdot.v"},  /* i8mm */
       {0xBFC0F400u, 0x0F00F000u, "sudot.v"}, {0xFFE0FC00u, 0x4E80A400u, "smmla.v"},
       {0xFFE0FC00u, 0x6E80A400u, "ummla.v"}, {0xFFE0FC00u, 0x4E80AC00u, "usmmla.v"},
+      /* Armv8.2 FP16 vector arithmetic (arm{fp16=true}), "three same (FP16)" and "by element" (size 00): `.h` */
+      {0xBFE0FC00u, 0x0E400C00u, "fmla.h"},  {0xBFE0FC00u, 0x0EC00C00u, "fmls.h"},
+      {0xBFE0FC00u, 0x0E401400u, "fadd.h"},  {0xBFE0FC00u, 0x0EC01400u, "fsub.h"},
+      {0xBFE0FC00u, 0x2E401C00u, "fmul.h"},  {0xBFE0FC00u, 0x2E403C00u, "fdiv.h"},
+      {0xBFE0FC00u, 0x0E403400u, "fmax.h"},  {0xBFE0FC00u, 0x0EC03400u, "fmin.h"},
+      {0xBFE0FC00u, 0x0E400400u, "fmaxnm.h"}, {0xBFE0FC00u, 0x0EC00400u, "fminnm.h"},
+      {0xBFE0FC00u, 0x2E401400u, "faddp.h"}, {0xBFE0FC00u, 0x2E403400u, "fmaxp.h"},
+      {0xBFC0F400u, 0x0F001000u, "fmla.h"},  {0xBFC0F400u, 0x0F005000u, "fmls.h"},
+      {0xBFC0F400u, 0x0F009000u, "fmul.h"},
   };
   for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); ++i)
     if ((w & forms[i].mask) == forms[i].value) return forms[i].name;

@@ -4,11 +4,12 @@ qemu-aarch64 (no board needed; counts are deterministic). See bench/arm/README.m
     python bench/arm/run.py                                   # 5 bundled models x a53/a72/a76 x fp32/int8
     python bench/arm/run.py --models resnet_s --cpus cortex-a76 --variants int8
 
-Variants: fp32 = `fold-bn` (onnxruntime runs the same BN-folded model); int8 = `fold-bn,quant` (the project's QDQ
-model; onnxruntime runs that QDQ model with its fused integer kernels); headline = `fold-bn,prune{macs=0.7},quant`
-with the target's channel block, as `--target arm` runs it, against onnxruntime fp32 on the *original* model (what
-a user compares with). Our side is built the way `compress-graph MODEL --passes ... --target arm{cpu=CPU,cores=1}`
-builds it (no tuning).
+Variants: fp32 = `fold-bn` (onnxruntime runs the same BN-folded model); fp16 = the same model built with
+`arm{fp16=true}` (float16 inside; Armv8.2 cores only), against onnxruntime fp32 on it; int8 = `fold-bn,quant` (the
+project's QDQ model; onnxruntime runs that QDQ model with its fused integer kernels); headline =
+`fold-bn,prune{macs=0.7},quant` with the target's channel block, as `--target arm` runs it, against onnxruntime fp32
+on the *original* model (what a user compares with). Our side is built the way
+`compress-graph MODEL --passes ... --target arm{cpu=CPU,cores=1}` builds it (no tuning).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import insn  # noqa: E402
 
 MODELS = ["resnet_s", "mobilenetv2_s", "yolo_s", "pose_s", "face_s"]
 CPUS = ["cortex-a53", "cortex-a72", "cortex-a76"]
-PIPELINES = {"fp32": "fold-bn", "int8": "fold-bn,quant", "headline": "fold-bn,prune{macs=0.7},quant"}
+PIPELINES = {"fp32": "fold-bn", "fp16": "fold-bn", "int8": "fold-bn,quant",
+             "headline": "fold-bn,prune{macs=0.7},quant"}
+#: target options a variant adds (fp16: the float model built with arm{fp16=true}, against onnxruntime fp32)
+EXTRA = {"fp16": "fp16=true"}
 
 
 def compressed(model_path: Path, variant: str, work: Path, seed: int = 0) -> Path:
@@ -64,7 +68,7 @@ def measure(model: str, variant: str, cpu: str, work: Path, runs: int, seed: int
     path = compressed(src, variant, work, seed)
     feeds = insn.seeded_inputs(onnx.load(str(path)), seed)
     t0 = time.monotonic()
-    lib, section = ours(path, cpu, work / f"{model}.{variant}.{cpu}")
+    lib, section = ours(path, cpu, work / f"{model}.{variant}.{cpu}", EXTRA.get(variant, ""))
     build_s = time.monotonic() - t0
     mine = insn.count_library(lib, list(feeds.values()), cpu, work / f"{model}.{variant}.{cpu}.run", runs=runs)
     peer_model = src if variant == "headline" else path  # the headline compares with the uncompressed model

@@ -279,6 +279,22 @@ def test_target_section_shows_the_recorded_schedule():
     assert colours > 20 and ink > 0.02
 
 
+def test_target_section_shows_the_fp16_record():
+    """arm{fp16=true}: the report's `fp16` section (applied, what was converted; or why not) in the target part."""
+    from compress_graph.report_html import render_html
+
+    cost = {"params": 10, "macs": 20, "bytes": 30}
+    for fp16 in ({"applied": True, "converted": {"initializers": 48, "constants": 0, "casts": 0}},
+                 {"applied": False, "reason": "a quantized (QDQ) model: not converted"}):
+        target = {"target": "arm", "target_text": "arm{cpu=cortex-a76,fp16=true}", "library": "/o/arm/model.so",
+                  "schedule": {"kernels": 3}, "fp16": fp16, "timings": {"build_s": 1.0}}
+        page = Page(render_html({"pipeline": "", "passes": [], "before": cost, "after": cost, "status": "ok",
+                                 "target": target}))
+        text = page.text("target")
+        assert "float16 (fp16=true)" in text
+        assert ("48" in text) if fp16["applied"] else ("QDQ" in text)
+
+
 # --------------------------------------------------------------------------------------------- time per kernel, tuning
 def _target_report(target: dict) -> dict:
     cost = {"params": 10, "macs": 20, "bytes": 30}
