@@ -21,9 +21,9 @@ odd columns, and a 3-vector tile is 3 unrolled power-of-two vectors. kxk convs o
 tile instead, output channels as the vector dimension (schedule_conv_channels, with prepacked weights), where the
 channel count is a multiple of the tile's. Depthwise convs take the pixel-vector schedule with one channel per tile
 (stride 2: float_rewrites._depthwise_phases under schedule_depthwise_phases, an even/odd column deinterleave by
-vector shuffles). A conv's padded input is a row of zeros then the in-bound row as vectors (_schedule_pad). Kernels
-this does not fit keep what the caller
-does next (tuning records win over it; the rest get the sampled default). A transposed conv's phase interleave gets
+vector shuffles; on AVX-512 the sampled schedule timed faster and stays). A conv's padded input is a row of zeros
+then the in-bound row as vectors (_schedule_pad). Kernels this does not fit keep what the caller does next (tuning
+records win over it; the rest get the sampled default). A transposed conv's phase interleave gets
 a scalar copy schedule (schedule_interleave); a max pool, which targets/float_rewrites.py writes as two separable
 maxima, a vectorized one (schedule_max_pool).
 """
@@ -623,11 +623,19 @@ def schedule_fp32_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         except NotAFloatTail as exc:
             raise NotAFloatConv(str(exc)) from exc
 
+    def depthwise_phases(func):
+        if lanes32 == 16 and half(func) == 1:
+            # AVX-512: the sampled schedule of the same three blocks ran faster on this host (mobilenetv2_s's
+            # 64 / 96 / 128-channel 3x3/2 depthwise convs 15 / 6 / 3.4 us against 22-26 / 10-12 / 3.7-4.7 us, 1
+            # thread, Zen 4), the phase buffers' passes over the whole tensor costing more than its scalar taps
+            raise NotAFloatConv("AVX-512: the sampled schedule is faster for a stride-2 depthwise conv")
+        return schedule_depthwise_phases(func, lanes32 * half(func))
+
     mod, stats = hand_schedule(mod, (channels_first,
                                      lambda f: schedule_conv_nchw(f, lanes32 * half(f), oc_tile, prepack,
                                                                   narrow_tiles=half(f) == 2),
                                      schedule_interleave, lambda f: schedule_max_pool(f, lanes32 * half(f)),
-                                     lambda f: schedule_depthwise_phases(f, lanes32 * half(f)), float_tail),
+                                     depthwise_phases, float_tail),
                                NotAFloatConv)
     mod, folded = fold_weight_layouts(mod)
     return mod, {**stats, **folded}
