@@ -132,7 +132,8 @@ def schedule_conv_channels(func, channels: int, max_pixels: int, unroll_taps: bo
     columns that share it (AVX2, no embedded broadcast: 1 + (P - 1) / KW broadcasts per P pixels and tap).
     ``lanes``: the ISA's float vector width (the padded input's rows; default C). ``pointwise_lanes`` (float16
     kernels: 8): a 1x1 conv whose H*W pixels are no whole number of such vectors is taken too, where the pixel
-    vectors would be part-filled (PP-LCNet's 256-channel 1x1 convs at 14x14 on aarch64: 42.6 -> ? M)."""
+    vectors would be part-filled (PP-LCNet's 256-channel 1x1 convs at 14x14, cortex-a76: 42.6 -> 17.8 M
+    instructions for that kernel with the narrowed pixel tile -> this one; doc_orientation 92 -> 54 M)."""
 
     sch, conv, blocks, at = _open_conv(func)
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)

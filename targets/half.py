@@ -25,15 +25,9 @@ _FLOAT, _HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
 def _half(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """float16 copy of a float32 tensor, values beyond float16's range clipped to its largest finite value."""
     values = numpy_helper.to_array(tensor)
-    out = numpy_helper.from_array(np.clip(values, -65504.0, 65504.0).astype(np.float16), tensor.name)
-    return out
-
-
-def has_float32_compute(model: onnx.ModelProto) -> bool:
-    """True when some node of the model computes in float32 (a model made of QDQ int8 kernels only has little)."""
-    return any(i.type.tensor_type.elem_type == _FLOAT for i in model.graph.input) or any(
-        t.data_type == _FLOAT for t in model.graph.initializer)
+    return numpy_helper.from_array(np.clip(values, -65504.0, 65504.0).astype(np.float16), tensor.name)
 
 
 def to_half(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
