@@ -238,7 +238,8 @@ def count_onnxruntime(model: Path, inputs: dict[str, np.ndarray], cpu: str, work
 
 
 #: mnemonic -> class, for the instruction mix (".v": an operand is a NEON vector register; ".h": an Armv8.2 FP16
-#: vector instruction, which qemu 7.2 prints as ".byte" and the plugin names from its encoding)
+#: vector instruction that qemu 7.2 prints as ".byte" and the plugin names from its encoding — FP16 forms qemu
+#: disassembles itself, if any, keep ".v", so the `fp16_vector` share is a lower bound)
 DOT = {"sdot.v", "udot.v", "usdot.v", "sudot.v"}
 MMLA = {"smmla.v", "ummla.v", "usmmla.v"}
 SCALAR_MAC = {"madd", "msub", "smaddl", "umaddl", "smsubl", "umsubl", "fmadd", "fmsub", "fnmadd", "fnmsub"}
