@@ -30,6 +30,15 @@ def _half(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(np.clip(values, -65504.0, 65504.0).astype(np.float16), tensor.name)
 
 
+def _rename(nodes: list[onnx.NodeProto], old: str, new: str, *, outputs: bool) -> None:
+    """Every use of tensor ``old`` as a node input (and, with ``outputs``, as a node output) becomes ``new``."""
+    for node in nodes:
+        for field in (node.input, node.output) if outputs else (node.input,):
+            for k, name in enumerate(field):
+                if name == old:
+                    field[k] = new
+
+
 def to_half(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The float16 copy of ``model`` (float32 inputs and outputs kept) and counts for the report."""
     out = onnx.ModelProto()
@@ -95,26 +104,15 @@ def to_half(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     # the edges: float32 in, float32 out
     head, tail = [], []
     for inp in graph.input:
-        if inp.type.tensor_type.elem_type != _FLOAT:
-            continue
-        half_name = f"{inp.name}__float16"
-        for node in nodes:
-            for k, name in enumerate(node.input):
-                if name == inp.name:
-                    node.input[k] = half_name
-        head.append(helper.make_node("Cast", [inp.name], [half_name], to=_HALF, name=f"{inp.name}__to_float16"))
+        if inp.type.tensor_type.elem_type == _FLOAT:
+            _rename(nodes, inp.name, f"{inp.name}__float16", outputs=False)
+            head.append(helper.make_node("Cast", [inp.name], [f"{inp.name}__float16"], to=_HALF,
+                                         name=f"{inp.name}__to_float16"))
     for outp in graph.output:
-        if outp.type.tensor_type.elem_type != _FLOAT:
-            continue
-        half_name = f"{outp.name}__float16"
-        for node in nodes:
-            for k, name in enumerate(node.output):
-                if name == outp.name:
-                    node.output[k] = half_name
-            for k, name in enumerate(node.input):
-                if name == outp.name:
-                    node.input[k] = half_name
-        tail.append(helper.make_node("Cast", [half_name], [outp.name], to=_FLOAT, name=f"{outp.name}__to_float32"))
+        if outp.type.tensor_type.elem_type == _FLOAT:
+            _rename(nodes, outp.name, f"{outp.name}__float16", outputs=True)
+            tail.append(helper.make_node("Cast", [f"{outp.name}__float16"], [outp.name], to=_FLOAT,
+                                         name=f"{outp.name}__to_float32"))
     graph.ClearField("node")
     graph.node.extend(head + nodes + tail)
     graph.ClearField("value_info")  # float32 element types of the inside no longer hold
