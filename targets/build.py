@@ -40,7 +40,7 @@ def prepare(mod, target):
     with target:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-            relax.get_pipeline("zero")])(mod)
+            schedule.legalize_and_fuse()])(mod)
 
 
 def apply_database(mod, target, db_dir: Path):

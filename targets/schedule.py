@@ -15,6 +15,7 @@ from typing import Any
 SEED = 20240611
 SCHEDULED_ATTR = "tirx.is_scheduled"  # set by MetaScheduleApplyDatabase; TVM skips re-scheduling such kernels
 ATTEMPTS = 8  # samples tried per kernel until one passes MetaSchedule's post-processors
+FUSE_PATTERN_ATTR = "compress_graph.op_pattern"  # legalize_and_fuse: the fuser's op pattern of a hand-written kernel
 
 
 def light_tensor_intrinsics(device: str = "cpu") -> None:
@@ -35,6 +36,38 @@ def light_tensor_intrinsics(device: str = "cpu") -> None:
         sys.modules[name] = package
     for sub in ("x86", "arm_cpu") if device == "cpu" else ("cuda",) if device == "cuda" else ():
         importlib.import_module(f"{name}.{sub}")
+
+
+def legalize_and_fuse():
+    """Relax's "zero" pipeline (legalize, op patterns, constants folded, fuse, a current tuning database applied)
+    with one change: a hand-written kernel that declares its op pattern (FUSE_PATTERN_ATTR) keeps it. TVM's
+    analysis reads vector code written in TIR as opaque, and an opaque kernel is never fused, though
+    targets/int8/lookup.packed_lookup_func is elementwise and belongs in its producer's kernel."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    @tvm.transform.module_pass(opt_level=0, name="DeclaredOpPatterns")
+    def declared(mod, _ctx):
+        updates = {gv: f.with_attr("op_pattern", int(f.attrs[FUSE_PATTERN_ATTR]))
+                   for gv, f in mod.functions_items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and FUSE_PATTERN_ATTR in f.attrs}
+        if updates:
+            mod = mod.clone()
+            for gv, f in updates.items():
+                mod[gv] = f
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="LegalizeAndFuse")
+    def run(mod, _ctx):
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), declared,
+            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+        if ms.Database.current():
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        return mod
+
+    return run
 
 
 def is_scheduled(func) -> bool:

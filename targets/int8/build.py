@@ -16,11 +16,13 @@ from tvm import relax
 
 def preprocess(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Legalize + fuse: the form MetaSchedule extracts tasks from (identical for tuning and building)."""
+    from compress_graph.targets.schedule import legalize_and_fuse
+
     with target:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
-            relax.get_pipeline("zero"),
+            legalize_and_fuse(),
         ])(mod)
 
 

@@ -7,24 +7,30 @@ an index past them gives 0) for codes 0-63, then ``tbx`` (the same, leaving lane
 were) for 64-127, 128-191 and 192-255 on the code minus 64, 128, 192 (uint8 wrap-around puts smaller codes past
 the range): 3 subtractions, 4 lookups, a load and a store per 16 elements. Only for tables of one row (a PRelu's
 per-channel rows stay ``take``: every lane would need its own table).
+
+On a packed tensor (NCHW16c, a packed conv's codes) the lookup is :func:`packed_lookup_func`: one block per pixel's
+16 channels, marked elementwise so the fuser puts it into the producing conv's kernel, where the conv schedules
+(targets/int8/schedule.py) run it on each output tile right after its requant — no kernel, tensor or pass of its
+own.
 """
 
 from __future__ import annotations
 
 import tvm
 from compress_graph.targets.kernel_profile import HAND_WRITTEN_ATTR
-from compress_graph.targets.schedule import SCHEDULED_ATTR
+from compress_graph.targets.schedule import FUSE_PATTERN_ATTR, SCHEDULED_ATTR
 
 LANES = 16
 OP_PATTERN_OPAQUE = 8  # relax's kOpaque: the fuser keeps the kernel to itself
+OP_PATTERN_ELEMWISE = 0  # relax's kElemWise: the fuser appends it to a conv's (kOutEWiseFusable) kernel
+PACKED_BLOCK = "table_lookup_packed"
 
 
-def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
-    """``y[i] = table[x[i] - qmin(in_dtype)]`` over ``n`` codes (int8 / uint8 in, int8 / uint8 out; flat: the
-    caller reshapes), the table a (256,) ``out_dtype`` parameter."""
+def _neon(in_dtype: str, out_dtype: str):
+    """``(codes, look)``: the 16 codes of ``x`` at ``index`` as a uint8x16 table index, and the table's entries at
+    such an index (``tbl`` over entries 0-63, ``tbx`` over each next 64)."""
     from tvm.script import tirx as T
 
-    body = n // LANES * LANES
     flip = in_dtype == "int8"  # the code of an int8 x is x + 128 = x ^ 0x80 as a byte
     tbl4 = "llvm.aarch64.neon.tbl4.v16i8"
     tbx4 = "llvm.aarch64.neon.tbx4.v16i8"
@@ -32,8 +38,8 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
     def part(t, j):  # table entries 16j .. 16j + 15
         return T.reinterpret(t.vload([LANES * j], f"{out_dtype}x16"), dtype="uint8x16")
 
-    def codes(x, at):
-        v = T.reinterpret(x.vload([at], f"{in_dtype}x16"), dtype="uint8x16")
+    def codes(x, index):
+        v = T.reinterpret(x.vload(index, f"{in_dtype}x16"), dtype="uint8x16")
         return T.bitwise_xor(v, T.broadcast(T.uint8(128), LANES)) if flip else v
 
     def look(t, c):
@@ -43,7 +49,19 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
             r = T.call_llvm_pure_intrin("uint8x16", T.llvm_lookup_intrinsic_id(tbx4), r, part(t, 4 * k),
                                         part(t, 4 * k + 1), part(t, 4 * k + 2), part(t, 4 * k + 3),
                                         c - T.broadcast(T.uint8(64 * k), LANES))
-        return r
+        return T.reinterpret(r, dtype=f"{out_dtype}x16")
+
+    return codes, look
+
+
+def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """``y[i] = table[x[i] - qmin(in_dtype)]`` over ``n`` codes (int8 / uint8 in, int8 / uint8 out; flat: the
+    caller reshapes), the table a (256,) ``out_dtype`` parameter."""
+    from tvm.script import tirx as T
+
+    body = n // LANES * LANES
+    flip = in_dtype == "int8"
+    codes, look = _neon(in_dtype, out_dtype)
 
     def code_of(x, i):
         c = T.cast(x[i], "int32")
@@ -57,8 +75,7 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
                 with T.sblock("table_lookup"):
                     T.reads(x[i * LANES:i * LANES + LANES], table[0:256])
                     T.writes(y[i * LANES:i * LANES + LANES])
-                    y[T.ramp(i * LANES, 1, LANES)] = T.reinterpret(look(table, codes(x, i * LANES)),
-                                                                   dtype=f"{out_dtype}x16")
+                    y[T.ramp(i * LANES, 1, LANES)] = look(table, codes(x, [i * LANES]))
             for j in T.serial(n - body):
                 with T.sblock("table_lookup_tail"):
                     T.reads(x[body + j], table[0:256])
@@ -67,3 +84,40 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
 
     return (table_lookup.without_attr("global_symbol").with_attr(SCHEDULED_ATTR, True)
             .with_attr(HAND_WRITTEN_ATTR, True))
+
+
+def packed_lookup_func(shape: tuple[int, ...], in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """``y = table[x - qmin(in_dtype)]`` on a packed (N, C/16, H, W, 16) tensor, as a plain gather (block
+    PACKED_BLOCK) that the schedules tensorize, 16 channels at a time, to the NEON lookup (:func:`intrin`).
+    Declared elementwise to the fuser (relax's kElemWise, which a conv's kernel takes in; TVM's analysis reads a
+    gather as opaque): the producing conv's kernel runs it per output tile. Not fused (the codes read elsewhere
+    too, or a Split's slice before it): targets/int8/schedule.schedule_packed_lookup."""
+    from tvm.script import tirx as T
+
+    if int(shape[-1]) != LANES:
+        raise ValueError(f"packed lookup on blocks of {shape[-1]}, not {LANES}")
+    dims = tuple(T.int64(int(d)) for d in shape)
+    offset = 128 if in_dtype == "int8" else 0
+
+    @T.prim_func(s_tir=True)
+    def table_lookup(x: T.Buffer(dims, in_dtype), table: T.Buffer((T.int64(256),), out_dtype),
+                     y: T.Buffer(dims, out_dtype)):
+        T.func_attr({FUSE_PATTERN_ATTR: OP_PATTERN_ELEMWISE})
+        for i0, i1, i2, i3, i4 in T.grid(*dims):
+            with T.sblock(PACKED_BLOCK):
+                v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
+                # the whole table: tensorize cannot match a region whose bounds are loads
+                T.reads(table[T.int64(0):T.int64(256)], x[v0, v1, v2, v3, v4])
+                T.writes(y[v0, v1, v2, v3, v4])
+                y[v0, v1, v2, v3, v4] = table[T.cast(x[v0, v1, v2, v3, v4], "int32") + offset]
+
+    return table_lookup.without_attr("global_symbol")
+
+
+def vector_store(x, x_at: list, table, y, y_at: list):
+    """The statement ``y[y_at : +16] = table[x[x_at : +16] - qmin]`` as NEON lookups (16 lanes along the last
+    index), for the schedules' packed lookups (targets/int8/schedule.py)."""
+    from tvm import tirx
+
+    codes, look = _neon(str(x.dtype), str(y.dtype))
+    return tirx.BufferStore(y, look(table, codes(x, list(x_at))), list(y_at[:-1]) + [tirx.Ramp(y_at[-1], 1, LANES)])

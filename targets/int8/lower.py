@@ -267,8 +267,10 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         """Packed versions of two same-shape NCHW operands (packing one if only the other is packed).
 
         Both packed with the same padding channels past the real ones (24 -> 32) also pair up: elementwise
-        ops keep the padding, and the unpack drops it."""
-        from compress_graph.targets.int8.packed import pack_data
+        ops keep the padding, and the unpack drops it. Otherwise both go to the largest block (16, 8, 4) that
+        divides the channel count and the blocks they have (packed.reblock_data: a C2f's 8-channel half and a
+        conv's 16-channel block with 8 padding channels meet in blocks of 8)."""
+        from compress_graph.targets.int8.packed import pack_data, reblock_data
 
         pa, pb = self.packed_of.get(xa), self.packed_of.get(xb)
         if pa is None and pb is None:
@@ -280,14 +282,22 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         if (same and pa is not None and pb is not None and pa[1] == pb[1]
                 and shape_of(pa[0]) == shape_of(pb[0])):
             return pa, pb
-        block = (pa or pb)[1]
-        if not same or len(shape_of(xa)) != 4 or shape_of(xa)[1] % block:
+        if not same or len(shape_of(xa)) != 4:
             return None, None
-        if pa is None:
-            pa = (pack_data(self.builder_, xa, block), block)
-        if pb is None:
-            pb = (pack_data(self.builder_, xb, block), block)
-        return (pa, pb) if pa[1] == pb[1] else (None, None)
+        channels = shape_of(xa)[1]
+        blocks = [p[1] for p in (pa, pb) if p is not None]
+        block = next((b for b in (16, 8, 4) if channels % b == 0 and all(k % b == 0 for k in blocks)), None)
+        if block is None:
+            return None, None
+
+        def fit(x, p):
+            if p is None:
+                return pack_data(self.builder_, x, block), block
+            if p[1] != block or channels_of(p[0]) != channels:
+                return reblock_data(self.builder_, p[0], p[1], channels, block), block
+            return p
+
+        return fit(xa, pa), fit(xb, pb)
 
     def _lower_multiply(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
@@ -318,8 +328,13 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
                             out_dtype)
 
     def _neon_lookup(self, codes: relax.Expr, table: np.ndarray, out_dtype: str) -> relax.Expr:
-        """``table[code]`` of an 8-bit tensor as the NEON lookup kernel (targets/int8/lookup.py), on its flat view."""
+        """``table[code]`` of an 8-bit tensor with NEON lookups (targets/int8/lookup.py): on a packed tensor
+        (NCHW16c) as an elementwise function the fuser puts into its producer's kernel, else as a kernel on the
+        tensor's flat view."""
         shape = shape_of(codes)
+        if len(shape) == 5 and shape[-1] == lookup.LANES:
+            gv = self.builder_.add_func(lookup.packed_lookup_func(shape, dtype_of(codes), out_dtype), "table_lookup")
+            return relax.call_tir(gv, [codes, relax.const(table, out_dtype)], relax.TensorType(shape, out_dtype))
         n = int(np.prod(shape))
         gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(codes), out_dtype), "table_lookup")
         flat = self._emit(relax.op.reshape(codes, (n,)))
@@ -440,9 +455,17 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         xs = [self._new(q.expr) for q in qs]
         block = self._packed_block(xs, int(call.attrs.axis))
         if block is not None:  # channel concat of packed tensors: whole blocks, stays packed
-            from compress_graph.targets.int8.packed import pack_data
+            from compress_graph.targets.int8.packed import pack_data, reblock_data
 
-            packs = [self.packed_of[x][0] if x in self.packed_of else pack_data(self.builder_, x, block) for x in xs]
+            packs = []
+            for x in xs:
+                p = self.packed_of.get(x)
+                if p is None:
+                    packs.append(pack_data(self.builder_, x, block))
+                elif p[1] != block or channels_of(p[0]) != shape_of(x)[1]:  # a larger block, or padding channels
+                    packs.append(reblock_data(self.builder_, p[0], p[1], shape_of(x)[1], block))
+                else:
+                    packs.append(p[0])
             parts = [self._emit(self._rescale(q, px, *ctx)) for q, px in zip(qs, packs, strict=True)]
             out = self._emit(relax.op.concat(parts, axis=1))
             return self._unpack(out, block, shape_of(call)[1])
@@ -450,20 +473,16 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         return relax.op.concat(parts, axis=int(call.attrs.axis))
 
     def _packed_block(self, xs: list[relax.Expr], axis: int) -> int | None:
-        """The channel block for a packed concat/split along ``axis`` of 4-D ``xs``: one of them is packed,
-        none carries padding channels, every channel count is a multiple of the block; else None."""
+        """The channel block for a packed concat along ``axis`` of 4-D ``xs``: at least one of them is packed;
+        the largest of their blocks (16, 8, 4) that divides every channel count and every block. Inputs packed
+        in a larger block or with padding channels are re-blocked (packed.reblock_data); None: unpacked concat."""
         packs = [self.packed_of.get(x) for x in xs]
         blocks = {p[1] for p in packs if p is not None}
-        if len(blocks) != 1:
+        if not blocks or axis % 4 != 1 or any(len(shape_of(x)) != 4 for x in xs):
             return None
-        block = blocks.pop()
-        for x, p in zip(xs, packs, strict=True):
-            shape = shape_of(x)
-            if len(shape) != 4 or axis % 4 != 1 or shape[1] % block:
-                return None
-            if p is not None and channels_of(p[0]) != shape[1]:
-                return None
-        return block
+        counts = [shape_of(x)[1] for x in xs]
+        return next((b for b in (16, 8, 4) if all(c % b == 0 for c in counts) and all(k % b == 0 for k in blocks)),
+                    None)
 
     def _lower_split_item(self, item: relax.TupleGetItem, ctx) -> relax.Expr:
         """An item of a Split of a dequantized 8-bit tensor (rescaled), or of a float function of one (YOLOv8's
@@ -487,12 +506,19 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         x = self._new(q.expr)
         axis = int(split.attrs.axis) % max(1, len(shape_of(x)))
         bounds = _split_bounds(split.attrs.indices_or_sections, shape_of(x)[axis]) if axis == 1 else None
-        block = self._packed_block([x], axis) if bounds else None
-        if block is not None and all(b % block == 0 for b in bounds) and x in self.packed_of:
-            # channel split of a packed tensor at block boundaries: split the blocks, stay packed
+        packed = self.packed_of.get(x) if bounds and len(shape_of(x)) == 4 else None
+        block = None if packed is None else next(
+            (b for b in (16, 8, 4) if packed[1] % b == 0 and all(v % b == 0 for v in bounds)), None)
+        if block is not None:
+            # channel split of a packed tensor at block boundaries: split the blocks, stay packed (re-blocked first
+            # where the cuts fall inside its blocks, or it carries padding channels)
             if key not in self._split_cache:
-                self._split_cache[key] = self._emit(relax.op.split(
-                    self.packed_of[x][0], [b // block for b in bounds[1:-1]], axis=1))
+                src = packed[0]
+                if block != packed[1] or channels_of(src) != shape_of(x)[1]:
+                    from compress_graph.targets.int8.packed import reblock_data
+
+                    src = reblock_data(self.builder_, src, packed[1], shape_of(x)[1], block)
+                self._split_cache[key] = self._emit(relax.op.split(src, [b // block for b in bounds[1:-1]], axis=1))
             part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
             out = finish(part)
             channels = bounds[int(item.index) + 1] - bounds[int(item.index)]

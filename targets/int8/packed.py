@@ -56,6 +56,22 @@ def unpack_data(x: relax.Expr, block: int) -> relax.Expr:
     return relax.op.layout_transform(x, lambda n, c, h, w, cb: (n, c * block + cb, h, w))
 
 
+def reblock_data(bb: relax.BlockBuilder, x: relax.Expr, block: int, channels: int, to: int) -> relax.Expr:
+    """The first ``channels`` channels of ``x`` (NCHW[block]c, maybe with padding channels past them) in
+    NCHW[to]c (``channels`` a multiple of ``to``): where a Split or Concat cuts a packed tensor inside its blocks
+    (YOLOv8's C2f at 8 or 24 channels) the pieces stay packed in a smaller block, and a conv reads such a piece
+    in its own block, instead of going back to NCHW."""
+    from tvm import te
+
+    def reblock(data):
+        n, _, h, w, _ = data.shape
+        return te.compute((n, channels // to, h, w, to),
+                          lambda i, c, y, z, k: data[i, (c * to + k) // block, y, z, (c * to + k) % block],
+                          name="reblock")
+
+    return bb.emit_te(reblock, x, primfunc_name_hint="reblock")
+
+
 class PackedConvEmitter:
     """Conv hook for :class:`~compress_graph.targets.int8.lower.QDQLowering`: packed convs on uint8 activations
     for the dot-product ISA ``family`` (a targets/isa module).
@@ -131,6 +147,10 @@ class PackedConvEmitter:
         if x_packed is not None and x_packed[1] == block and channels_of(x_packed[0]) == channels_of(x) + extra:
             return x_packed[0]
         key = (x, block)
+        if x_packed is not None and not extra and channels_of(x) % block == 0:  # packed in another block
+            if key not in self._packed_inputs:
+                self._packed_inputs[key] = reblock_data(bb, x_packed[0], x_packed[1], channels_of(x), block)
+            return self._packed_inputs[key]
         if key not in self._packed_inputs:
             # one injective kernel (the fuser adds the producer's quantize to it): channels padded, packed
             self._packed_inputs[key] = bb.emit_te(_pack_padded, x, block, extra, primfunc_name_hint="pack_input")

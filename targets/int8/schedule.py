@@ -35,6 +35,7 @@ NARROW_ANNOTATION = "compress_graph.weights_in_127"  # packed.conv2d_nchwc_int8:
 SMALL_ANNOTATION = "compress_graph.weights_small"  # packed.conv2d_nchwc_int8: |weights| <= the family's SMALL_LIMIT
 ROWS_ANNOTATION = "compress_graph.weight_rows"  # packed.ROWS_ANNOTATION
 PAIRS_BLOCK = "conv2d_NCHWc_int8_pairs"  # packed.PAIRS_BLOCK
+LOOKUP_BLOCK = "table_lookup_packed"  # lookup.PACKED_BLOCK
 VNNI_INTRIN = "dot_16x4_vnni"  # targets/isa/x86_vnni.INTRIN
 REG_N = 8  # x86 VNNI's register tile (targets/isa/x86_vnni.REG_N)
 
@@ -63,8 +64,14 @@ def _open(func, block_name: str):
     # first block of the returned epilogue
     first = at + 1
     keep = first + 1 if len(blocks) > first and sch.get(blocks[first]).name_hint == PAIRS_BLOCK else first
-    for block in blocks[keep:-1]:  # the (rest of the) epilogue chain collapses into its last block
-        sch.compute_inline(block)
+    # a table lookup (targets/int8/lookup.packed_lookup_func, a gather made NEON code per pixel) stays a block of
+    # its own: the chain before it collapses into the block it reads, the chain after it into the last block
+    names = [sch.get(b).name_hint for b in blocks]
+    look = names.index(LOOKUP_BLOCK, keep + 1) if LOOKUP_BLOCK in names[keep + 1:] else None
+    runs = [(keep, len(blocks) - 1)] if look is None else [(keep, look - 1), (look + 1, len(blocks) - 1)]
+    for lo, hi in runs:  # each run of the epilogue chain collapses into its last block
+        for block in blocks[lo:hi]:
+            sch.compute_inline(block)
     return sch, main, pad, sch.get_child_blocks(root)[first:]
 
 
@@ -216,10 +223,58 @@ def schedule_packed_max_pool(func):
 
 
 def _finish_after(sch, init, epilogue):
-    """Init and epilogue vectorized over the 16 channels; the result marked scheduled."""
+    """Init and epilogue vectorized over the 16 channels (a table lookup is vector code already: its pixels
+    unrolled); the result marked scheduled."""
     sch.vectorize(sch.get_loops(init)[-1])
     for block in epilogue:
-        sch.vectorize(sch.get_loops(block)[-1])
+        if sch.get(block).name_hint == LOOKUP_BLOCK:
+            _tensorize_lookup(sch, block)
+        else:
+            sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def _tensorize_lookup(sch, block) -> None:
+    """A packed lookup's 16 channels as one NEON lookup (targets/int8/lookup.vector_lookup), its pixels unrolled.
+    Tensorize cannot match a gather (its index is a load), so the 16-lane loop is made a block and that block's
+    body replaced by the vector code."""
+    from compress_graph.targets.int8 import lookup
+    from tvm import s_tir
+
+    *_, pixels, lanes = sch.get_loops(block)
+    outer = sch.blockize(lanes)
+    node = sch.get(outer)
+    (y,) = node.writes
+    table = next(r for r in node.reads if len(r.source.shape) == 1)
+    x = next(r for r in node.reads if len(r.source.shape) == len(y.source.shape))
+    body = lookup.vector_store(x.source, [r.min for r in x.region], table.source, y.source, [r.min for r in y.region])
+    new = s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, None, node.alloc_buffers,
+                       node.match_buffers, node.annotations)
+    sch.state.replace(sch.get_sref(outer), new, {node: new})
+    sch.unroll(pixels)
+
+
+def schedule_packed_lookup(func):
+    """The scheduled PrimFunc for a table lookup on packed codes (targets/int8/lookup.packed_lookup_func) that
+    is not in a conv's kernel: alone, or after the elementwise blocks the fuser put before it (a Split's slice):
+    parallel over channel blocks, those blocks computed per pixel, vectorized over its 16 channels."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if sch.get(blocks[-1]).name_hint != LOOKUP_BLOCK:
+        raise NotAPackedConv("no packed lookup")
+    look = blocks[-1]
+    for block in blocks[:-2]:
+        sch.compute_inline(block)
+    n, c, h, w, lanes = sch.get_loops(look)
+    outer = sch.fuse(n, c)
+    sch.parallel(outer)
+    if len(blocks) > 1:
+        codes = sch.get_child_blocks(sch.get_sblock("root"))[0]
+        sch.compute_at(codes, w)
+        sch.vectorize(sch.get_loops(codes)[-1])
+    _tensorize_lookup(sch, look)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
@@ -244,7 +299,8 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         rows = (rows_intrin, family.ROWS_REG_N, getattr(family, "ROWS_REDUCE_INTRIN", None), rows_oc)
     small = (family.INTRIN_SMALL, family.SMALL_REG_N) if hasattr(family, "INTRIN_SMALL") else None
     mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows, small),
-                                     lambda f: schedule_depthwise(f, family.REG_N), schedule_packed_max_pool),
+                                     lambda f: schedule_depthwise(f, family.REG_N), schedule_packed_max_pool,
+                                     schedule_packed_lookup),
                                NotAPackedConv)
     stats["isa"] = family.NAME
     return mod, stats

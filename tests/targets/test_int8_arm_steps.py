@@ -88,6 +88,19 @@ def _disassemble(lib: Path) -> str:
                           check=True).stdout
 
 
+def _functions(asm: str, prefixes: tuple[str, ...]) -> str:
+    """The assembly of the functions whose symbol starts with one of ``prefixes`` (a kernel's entry point and its
+    parallel body, as in a library built with ``symbols=keep``)."""
+    keep, out = False, []
+    for line in asm.splitlines():
+        head = re.match(r"[0-9a-f]+ <(?:__tvm_ffi_)?([^>]+)>:$", line)
+        if head:
+            keep = head.group(1).startswith(prefixes)
+        elif keep:
+            out.append(line)
+    return "\n".join(out)
+
+
 def _mnemonics(asm: str) -> dict[str, int]:
     """Vector instructions (a NEON register operand) per mnemonic."""
     counts: dict[str, int] = {}
@@ -150,6 +163,57 @@ def test_table_after_a_requant_runs_as_neon_tbl_tbx(tmp_path, cpu):
     assert ops.get("tbx", 0) >= 3 and ops.get("tbl", 0) >= 1, ops
     assert ops.get("sqdmulh", 0) >= 4 and ops.get("sqxtun", 0) + ops.get("sqxtun2", 0) >= 1, ops
     assert steps is None or steps <= 1.001, f"{steps:.2f} steps off the QDQ semantics"
+
+
+def _qdq_conv_table(tmp_path: Path, after: str) -> Path:
+    """x (uint8 QDQ, 32 channels) -> 3x3 conv 32 -> 32 -> QDQ -> HardSwish -> QDQ, at 10x12, then ``after``:
+    "" (the table's codes are the output), "codes_too" (the conv's codes are a second output: read twice),
+    "add" (the table's codes + x, QDQ: a residual add after the table)."""
+    base = onnx.load(str(_qdq_conv(tmp_path, False, hardswish=True)))
+    graph = base.graph
+    if after == "codes_too":
+        graph.output.append(helper.make_tensor_value_info("yc", TensorProto.FLOAT, [1, 32, 10, 12]))
+    elif after == "add":
+        graph.node[-1].output[0] = "hd"
+        graph.initializer.extend([numpy_helper.from_array(np.array(0.3, np.float32), "s_a"),
+                                  numpy_helper.from_array(np.array(40, np.uint8), "z_a")])
+        graph.node.extend([helper.make_node("Add", ["hd", "xd"], ["a"]),
+                           helper.make_node("QuantizeLinear", ["a", "s_a", "z_a"], ["aq"]),
+                           helper.make_node("DequantizeLinear", ["aq", "s_a", "z_a"], ["y"])])
+    path = tmp_path / f"conv_table_{after or 'alone'}.onnx"
+    onnx.save(base, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", ["", "codes_too", "add"])
+def test_table_after_a_conv_runs_inside_the_conv_kernel(tmp_path, after):
+    """A one-row table on a packed conv's codes is declared elementwise (targets/int8/lookup.packed_lookup_func),
+    so the fuser puts it into the conv's kernel, where the schedule runs it on each output tile after the requant
+    (``tbl`` / ``tbx``, no kernel, tensor or pass of its own), also with a residual add after it; where the fuser
+    keeps it apart it is still NEON code. Exact against the QDQ semantics within one output step."""
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    path = _qdq_conv_table(tmp_path, after)
+    model = onnx.load(str(path))
+    section = build_for_target(model, "arm{cpu=cortex-a76,cores=1,symbols=keep}", tmp_path / "out")
+    kernels = section["kernel_schedules"]
+    lookups = {k: v for k, v in kernels.items() if "table_lookup" in k}
+    assert lookups and all(v == "hand-scheduled int8" for v in lookups.values()), kernels
+    assert not section["schedule"].get("int8_hand_failed"), section["schedule"]
+    if after != "codes_too":
+        assert all(k.startswith("fused_conv2d_NCHWc_int8") for k in lookups), lookups
+    asm = _functions(_disassemble(Path(section["library"])), tuple(lookups))
+    ops = _mnemonics(asm)
+    assert ops.get("tbx", 0) >= 3 and ops.get("tbl", 0) >= 1, ops
+    assert not re.search(r"ld1\s+\{v\d+\.b\}\[", asm), "a gather: one lane load per code"
+    if qemu_available("aarch64"):
+        return
+    x = np.random.default_rng(1).uniform(-6, 6, (1, 32, 10, 12)).astype(np.float32)
+    got = run_qemu(Path(section["library"]), [[x]], workdir=tmp_path)["outputs"][0]
+    want = ort_session(path).run(None, {"x": x})
+    for g, w, step in zip(got, want, output_scales(model), strict=True):
+        assert np.max(np.abs(np.asarray(g).reshape(w.shape) - w)) / step <= 1.001
 
 
 @pytest.mark.slow
