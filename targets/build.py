@@ -303,6 +303,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def vm_exec_mode(module, profile: bool) -> str:
+    """How the library's Relax VM runs its ``main``: "compiled" (one native function calling the kernels: on
+    cortex-a76 yolo_s's VM ran 434 K instructions interpreted and 243 K compiled, bench/arm/README.md) for CPU
+    libraries, "bytecode" (the interpreter) for GPU ones, and where --profile times kernels through the
+    interpreter's call hook (the target's ``PROFILE_VM_EXEC``)."""
+    if profile and getattr(module, "PROFILE_VM_EXEC", None):
+        return module.PROFILE_VM_EXEC
+    return "compiled" if module.DEVICE == "cpu" else "bytecode"
+
+
 def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_trials: int = 0,
           tuning_db: Path | None = None, rpc: str | None = None, verify_target: bool = False,
           sample_inputs: list[dict[str, np.ndarray]] | None = None, time_budget_s: float | None = None,
@@ -401,9 +411,11 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
     else:
         sched_report.update(default="dlight GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback)")
     say(f"{spec.text()}: building ({tuned}/{len(kernels)} kernels from tuning records)")
+    exec_mode = vm_exec_mode(module, profile)
+    sched_report["vm_exec_mode"] = exec_mode
     try:
         with tvm.transform.PassContext(opt_level=3):
-            executable = relax.build(mod, target)
+            executable = relax.build(mod, target, exec_mode=exec_mode)
     except Exception as exc:
         # a sampled (or hand-written) schedule that passed MetaSchedule's checks can still fail TVM's lowering
         # (seen: "VectorizeLoop before LiftStorageAlloc" on an int8 conv for arm): such kernels go back to
@@ -418,7 +430,7 @@ def build(spec: TargetSpec, onnx_model: onnx.ModelProto, out_dir: Path, *, tune_
         say(f"{spec.text()}: {len(bad)} kernel schedule(s) did not build; those kernels stay unscheduled")
         try:
             with tvm.transform.PassContext(opt_level=3):
-                executable = relax.build(mod, target)
+                executable = relax.build(mod, target, exec_mode=exec_mode)
         except Exception as exc2:
             raise TargetError(f"TVM build for {spec.name} failed: {_first_line(exc2)}") from None
 

@@ -78,6 +78,10 @@ def verify(lib_path, feeds, options: dict[str, str], *, rpc: str | None = None, 
     return runners.run_local(lib_path, feeds)
 
 
+#: --profile times each kernel from the VM's call hook, which only its bytecode interpreter calls (targets/build.py)
+PROFILE_VM_EXEC = "bytecode"
+
+
 def profile(lib_path, feed, options: dict[str, str]) -> dict[str, Any]:
     """Time each kernel of the library in this process (``--profile``; targets/kernel_profile.py)."""
     from compress_graph.targets import kernel_profile

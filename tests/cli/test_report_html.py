@@ -368,6 +368,8 @@ def test_host_profile_times_each_kernel_and_the_page_shows_them(tmp_path):
     report = json.loads((out / "report.json").read_text())
     target, profile = report["target"], report["target"]["profile"]
     assert profile["status"] == "measured" and profile["run_us"] > 0 and profile["untimed_calls"] > 0
+    # the timing hook is the VM interpreter's: a profiled host build keeps the bytecode VM
+    assert report["target"]["schedule"]["vm_exec_mode"] == "bytecode"
     _kernel_rows_add_up(profile)
     # each kernel's schedule source is the build's: the counts agree with target.schedule
     sources = target["kernel_schedules"]

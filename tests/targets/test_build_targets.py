@@ -57,6 +57,8 @@ def test_arm_library_matches_onnxruntime_under_qemu(tmp_path, tiny_model):
     sched = section["schedule"]
     # not the naive loop nests: the conv hand-scheduled (float vector FMAs), the other two sampled
     assert sched["kernels"] == 3 and sched["fp32_hand_scheduled"] == 1 and sched["sampled"] == 2, sched
+    # the VM's main compiled to native code (not interpreted bytecode): the C++ runner's entry points are the same
+    assert sched["vm_exec_mode"] == "compiled", sched
     meta = (tmp_path / "arm" / "model.json").read_text()
     assert section["library_sha256"] in meta and '"aarch64-linux-gnu"' in meta
 
