@@ -141,8 +141,7 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
     outer = sch.fuse(n, oc_chunk, oh)
     sch.parallel(outer)
     _pad_rows(sch, pad, outer)
-    for block in epilogue:
-        sch.reverse_compute_at(block, ow_outer)
+    _epilogue_at(sch, epilogue, ow_outer, int(sch.get(ow_inner).extent))
     init = sch.decompose_reduction(conv, ic_outer)
     sch.tensorize(tensorize_at, intrin)
     sch.unroll(ow_inner)
@@ -172,8 +171,7 @@ def schedule_depthwise(func, reg_n: int = REG_N):
     outer = sch.fuse(n, c_chunk, oh)
     sch.parallel(outer)
     _pad_rows(sch, pad, outer)
-    for block in epilogue:
-        sch.reverse_compute_at(block, ow_outer)
+    _epilogue_at(sch, epilogue, ow_outer, int(sch.get(ow_inner).extent))
     sch.vectorize(c_block)  # before the init is split off: the update block alone may not be vectorized
     sch.unroll(ow_inner)
     init = sch.decompose_reduction(conv, kh)
@@ -222,6 +220,26 @@ def schedule_packed_max_pool(func):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
+LOOKUP_CHUNK = 32  # output pixels per table-lookup pass: their codes (512 bytes) stay a stack buffer
+
+
+def _epilogue_at(sch, epilogue, tile, tile_pixels: int) -> None:
+    """The epilogue per register tile, right after its accumulation; a table lookup (and the blocks after it)
+    once per chunk of up to LOOKUP_CHUNK pixels of the row, after the chunk's tiles. Per tile, beside a conv's
+    accumulators and weights, LLVM reloaded the 16 table registers every time (ppocr_cls's a76 convs: more than a
+    lookup pass of their own); per row, a row of codes over 1 KiB became a runtime workspace per row."""
+    chunk = None
+    if any(sch.get(b).name_hint == LOOKUP_BLOCK for b in epilogue):
+        tiles = int(sch.get(tile).extent)
+        most = max(LOOKUP_CHUNK, tile_pixels)
+        per = max(d for d in range(1, tiles + 1) if tiles % d == 0 and d * tile_pixels <= most)
+        chunk, tile = sch.split(tile, [None, per])
+    after = False  # the lookup and what follows it (a residual add) per chunk
+    for block in epilogue:
+        after = after or sch.get(block).name_hint == LOOKUP_BLOCK
+        sch.reverse_compute_at(block, chunk if after else tile)
+
+
 def _finish_after(sch, init, epilogue):
     """Init and epilogue vectorized over the 16 channels (a table lookup is vector code already: its pixels
     unrolled); the result marked scheduled."""
@@ -235,9 +253,9 @@ def _finish_after(sch, init, epilogue):
 
 
 def _tensorize_lookup(sch, block) -> None:
-    """A packed lookup's 16 channels as one NEON lookup (targets/int8/lookup.vector_lookup), its pixels unrolled.
-    Tensorize cannot match a gather (its index is a load), so the 16-lane loop is made a block and that block's
-    body replaced by the vector code."""
+    """A packed lookup's 16 channels as one NEON lookup (targets/int8/lookup.vector_store), its pixels unrolled by
+    up to 4. Tensorize cannot match a gather (its index is a load), so the 16-lane loop is made a block and that
+    block's body replaced by the vector code."""
     from compress_graph.targets.int8 import lookup
     from tvm import s_tir
 
@@ -251,7 +269,10 @@ def _tensorize_lookup(sch, block) -> None:
     new = s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, None, node.alloc_buffers,
                        node.match_buffers, node.annotations)
     sch.state.replace(sch.get_sref(outer), new, {node: new})
-    sch.unroll(pixels)
+    width = int(sch.get(pixels).extent)
+    step = next(d for d in (4, 3, 2, 1) if width % d == 0)
+    if step > 1:
+        sch.unroll(sch.split(pixels, [None, step])[1])
 
 
 def schedule_packed_lookup(func):
