@@ -91,7 +91,7 @@ def _register_tile(sch, loop, reg_n: int):
 def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
                       wide: tuple[str, int, bool, int | None] | None = None,
                       rows: tuple[str, int, str | None, int] | None = None,
-                      small: tuple[str, int] | None = None):
+                      small: tuple[str, int] | None = None, lookup_unroll: int = 1):
     """The scheduled PrimFunc for a fused packed conv (+ epilogue), its 16x4 step tensorized to ``intrin``;
     raises if the kernel does not fit. ``wide`` = (intrinsic, groups, needs narrow weights, its register tile or
     None for ``reg_n``): a family's
@@ -100,7 +100,8 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
     register tile, the partials' reduction intrinsic or None, output channels per pass) for a conv on weight rows
     (packed.conv2d_nchwc_int8_rows, marked ROWS_ANNOTATION): the whole 16-channel input block per step, the 16
     output channels in one pass or several over the reduction. ``small`` = (intrinsic, register tile) for a conv
-    whose weights are all within the family's ``SMALL_LIMIT`` (marked SMALL_ANNOTATION): the 16x4 step on them."""
+    whose weights are all within the family's ``SMALL_LIMIT`` (marked SMALL_ANNOTATION): the 16x4 step on them.
+    ``lookup_unroll``: pixels per unrolled step of a table lookup in the epilogue (the family's LOOKUP_UNROLL)."""
     sch, conv, pad, epilogue = _open(func, CONV_BLOCK)
     if sch.get(conv).annotations.get(SMALL_ANNOTATION, 0):
         if small is None:
@@ -159,10 +160,10 @@ def schedule_dot_conv(func, intrin: str = VNNI_INTRIN, reg_n: int = REG_N,
         sch.unroll(pp)
         pinit = sch.decompose_reduction(pairs, pp)
         sch.vectorize(sch.get_loops(pinit)[-1])
-    return _finish_after(sch, init, epilogue)
+    return _finish_after(sch, init, epilogue, lookup_unroll)
 
 
-def schedule_depthwise(func, reg_n: int = REG_N):
+def schedule_depthwise(func, reg_n: int = REG_N, lookup_unroll: int = 1):
     """The scheduled PrimFunc for a fused packed depthwise conv (+ epilogue): 16 channels = 16 int32 lanes."""
     sch, conv, pad, epilogue = _open(func, DEPTHWISE_BLOCK)
     n, c_chunk, oh, ow, c_block, kh, kw = sch.get_loops(conv)
@@ -177,7 +178,7 @@ def schedule_depthwise(func, reg_n: int = REG_N):
     init = sch.decompose_reduction(conv, kh)
     sch.unroll(kh)
     sch.unroll(kw)
-    return _finish_after(sch, init, epilogue)
+    return _finish_after(sch, init, epilogue, lookup_unroll)
 
 
 POOL_BLOCK = "pool_max"  # relax.nn.max_pool2d legalized (topi pool2d): pad block "pad_temp", then "pool_max"
@@ -240,22 +241,22 @@ def _epilogue_at(sch, epilogue, tile, tile_pixels: int) -> None:
         sch.reverse_compute_at(block, chunk if after else tile)
 
 
-def _finish_after(sch, init, epilogue):
-    """Init and epilogue vectorized over the 16 channels (a table lookup is vector code already: its pixels
-    unrolled); the result marked scheduled."""
+def _finish_after(sch, init, epilogue, lookup_unroll: int = 1):
+    """Init and epilogue vectorized over the 16 channels (a table lookup is vector code already); the result
+    marked scheduled."""
     sch.vectorize(sch.get_loops(init)[-1])
     for block in epilogue:
         if sch.get(block).name_hint == LOOKUP_BLOCK:
-            _tensorize_lookup(sch, block)
+            _tensorize_lookup(sch, block, lookup_unroll)
         else:
             sch.vectorize(sch.get_loops(block)[-1])
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-def _tensorize_lookup(sch, block) -> None:
+def _tensorize_lookup(sch, block, unroll: int = 1) -> None:
     """A packed lookup's 16 channels as one NEON lookup (targets/int8/lookup.vector_store), its pixels unrolled by
-    up to 4. Tensorize cannot match a gather (its index is a load), so the 16-lane loop is made a block and that
-    block's body replaced by the vector code."""
+    up to ``unroll`` (the family's LOOKUP_UNROLL). Tensorize cannot match a gather (its index is a load), so the
+    16-lane loop is made a block and that block's body replaced by the vector code."""
     from compress_graph.targets.int8 import lookup
     from tvm import s_tir
 
@@ -270,12 +271,12 @@ def _tensorize_lookup(sch, block) -> None:
                        node.match_buffers, node.annotations)
     sch.state.replace(sch.get_sref(outer), new, {node: new})
     width = int(sch.get(pixels).extent)
-    step = next(d for d in (4, 3, 2, 1) if width % d == 0)
+    step = next(d for d in range(max(1, unroll), 0, -1) if width % d == 0)
     if step > 1:
         sch.unroll(sch.split(pixels, [None, step])[1])
 
 
-def schedule_packed_lookup(func):
+def schedule_packed_lookup(func, unroll: int = 1):
     """The scheduled PrimFunc for a table lookup on packed codes (targets/int8/lookup.packed_lookup_func) that
     is not in a conv's kernel: alone, or after the elementwise blocks the fuser put before it (a Split's slice):
     parallel over channel blocks, those blocks computed per pixel, vectorized over its 16 channels."""
@@ -295,7 +296,7 @@ def schedule_packed_lookup(func):
         codes = sch.get_child_blocks(sch.get_sblock("root"))[0]
         sch.compute_at(codes, w)
         sch.vectorize(sch.get_loops(codes)[-1])
-    _tensorize_lookup(sch, look)
+    _tensorize_lookup(sch, look, unroll)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
@@ -319,9 +320,11 @@ def schedule_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple
         rows_intrin, rows_oc = family.rows_step(target)
         rows = (rows_intrin, family.ROWS_REG_N, getattr(family, "ROWS_REDUCE_INTRIN", None), rows_oc)
     small = (family.INTRIN_SMALL, family.SMALL_REG_N) if hasattr(family, "INTRIN_SMALL") else None
-    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows, small),
-                                     lambda f: schedule_depthwise(f, family.REG_N), schedule_packed_max_pool,
-                                     schedule_packed_lookup),
+    unroll = getattr(family, "LOOKUP_UNROLL", 1)
+    mod, stats = hand_schedule(mod, (lambda f: schedule_dot_conv(f, family.INTRIN, family.REG_N, wide, rows, small,
+                                                                 unroll),
+                                     lambda f: schedule_depthwise(f, family.REG_N, unroll), schedule_packed_max_pool,
+                                     lambda f: schedule_packed_lookup(f, unroll)),
                                NotAPackedConv)
     stats["isa"] = family.NAME
     return mod, stats

@@ -49,6 +49,9 @@ IN_ORDER = ("cortex-a53", "cortex-a35")
 #: stride-4 gathers of the partials became lane moves
 ROWS_REDUCE_INTRIN = "compress_graph_sum_16x4_neon_addp"
 REG_N = 2  # output pixels per register tile: 2 x 8 q accumulators (16 channels x 2 pair sums each)
+#: pixels per unrolled step of a table lookup in a conv's kernel: 1 (4 unrolled spilled the table registers on
+#: a53 and a72: ppocr_cls a53 10.65 -> 10.99 M, a72 11.37 -> 11.53 M)
+LOOKUP_UNROLL = 1
 
 
 def rows_intrin(oc: int) -> str:
