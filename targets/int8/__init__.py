@@ -49,7 +49,8 @@ def options_for_target(target: tvm.target.Target) -> LowerOptions:
     family = isa.int8_dot(target)
     if family is not None:
         return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family),
-                            neon_tables=packed.is_aarch64(target))
+                            neon_tables=packed.is_aarch64(target),
+                            tables_in_convs=bool(getattr(family, "TABLES_IN_CONVS", False)))
     if packed.is_aarch64(target):
         return LowerOptions(act_dtype="int8")
     return LowerOptions()

@@ -64,6 +64,7 @@ class LowerOptions:
     act_dtype: str = "uint8"
     conv_emitter: Any = None
     neon_tables: bool = False  # one-row tables as NEON tbl / tbx kernels (targets/int8/lookup.py), else ``take``
+    tables_in_convs: bool = False  # such a table on a packed conv's codes runs in the conv's kernel (the family's)
 
 
 @dataclass
@@ -329,10 +330,10 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
 
     def _neon_lookup(self, codes: relax.Expr, table: np.ndarray, out_dtype: str) -> relax.Expr:
         """``table[code]`` of an 8-bit tensor with NEON lookups (targets/int8/lookup.py): on a packed tensor
-        (NCHW16c) as an elementwise function the fuser puts into its producer's kernel, else as a kernel on the
-        tensor's flat view."""
+        (NCHW16c), where the family runs tables in conv kernels, as an elementwise function the fuser puts into its
+        producer's kernel, else as a kernel on the tensor's flat view."""
         shape = shape_of(codes)
-        if len(shape) == 5 and shape[-1] == lookup.LANES:
+        if self.opts.tables_in_convs and len(shape) == 5 and shape[-1] == lookup.LANES:
             gv = self.builder_.add_func(lookup.packed_lookup_func(shape, dtype_of(codes), out_dtype), "table_lookup")
             return relax.call_tir(gv, [codes, relax.const(table, out_dtype)], relax.TensorType(shape, out_dtype))
         n = int(np.prod(shape))

@@ -49,8 +49,10 @@ IN_ORDER = ("cortex-a53", "cortex-a35")
 #: stride-4 gathers of the partials became lane moves
 ROWS_REDUCE_INTRIN = "compress_graph_sum_16x4_neon_addp"
 REG_N = 2  # output pixels per register tile: 2 x 8 q accumulators (16 channels x 2 pair sums each)
-#: pixels per unrolled step of a table lookup in a conv's kernel: 1 (4 unrolled spilled the table registers on
-#: a53 and a72: ppocr_cls a53 10.65 -> 10.99 M, a72 11.37 -> 11.53 M)
+#: one-row tables stay kernels of their own (targets/int8/lookup.lookup_func): in the conv's kernel LLVM unrolled
+#: the lookup loop and spilled the 16 table registers on a53/a72 (bench/arm/README.md: doc_orientation a53 57.8 ->
+#: 58.8 M, ppocr_rec a53 342 -> 346 M; ppocr_cls a53 10.65 -> 10.99 M with 4 pixels per unrolled step)
+TABLES_IN_CONVS = False
 LOOKUP_UNROLL = 1
 
 

@@ -25,7 +25,10 @@ INTRIN_WIDE = "compress_graph_dot_16x16_u8off_s8_sdot_lane"
 WIDE_GROUPS = 4  # groups of 4 input channels per INTRIN_WIDE step
 FOLD_ZERO_POINT = True  # the zero point rides in the rounding constant (fold_zero_point)
 REG_N = 2  # output pixels per register tile: 2 x 4 q accumulators; 4 and 6 executed 3-5 % more (spills)
-LOOKUP_UNROLL = 4  # pixels per unrolled step of a table lookup in a conv's kernel (yolo_s headline 3.64 -> 3.63 M)
+#: one-row tables on a conv's codes run in the conv's kernel (targets/int8/lookup.packed_lookup_func), the pixels
+#: of a lookup step unrolled by LOOKUP_UNROLL (yolo_s headline 3.64 -> 3.63 M with 4)
+TABLES_IN_CONVS = True
+LOOKUP_UNROLL = 4
 
 
 def is_aarch64(target: tvm.target.Target) -> bool:
