@@ -8,9 +8,10 @@ were) for 64-127, 128-191 and 192-255 on the code minus 64, 128, 192 (uint8 wrap
 the range): 3 subtractions, 4 lookups, a load and a store per 16 elements. Only for tables of one row (a PRelu's
 per-channel rows stay ``take``: every lane would need its own table).
 
-On a packed tensor (NCHW16c, a packed conv's codes) the lookup is :func:`packed_lookup_func`: one block per pixel's
-16 channels, marked elementwise so the fuser puts it into the producing conv's kernel, where the conv schedules
-(targets/int8/schedule.py) run it on each output tile right after its requant — no kernel, tensor or pass of its
+Where the family runs tables in conv kernels (``TABLES_IN_CONVS``: the sdot family, cortex-a55/a76), the lookup on a
+packed tensor (NCHW16c, a packed conv's codes) is :func:`packed_lookup_func`: a gather declared elementwise, so the
+fuser puts it into the producing conv's kernel, where the conv schedules (targets/int8/schedule.py) run it once per
+chunk of output pixels after their requant, its 16 lanes as :func:`vector_store` — no kernel, tensor or pass of its
 own.
 """
 
@@ -88,9 +89,9 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
 
 def packed_lookup_func(shape: tuple[int, ...], in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
     """``y = table[x - qmin(in_dtype)]`` on a packed (N, C/16, H, W, 16) tensor, as a plain gather (block
-    PACKED_BLOCK) that the schedules tensorize, 16 channels at a time, to the NEON lookup (:func:`intrin`).
-    Declared elementwise to the fuser (relax's kElemWise, which a conv's kernel takes in; TVM's analysis reads a
-    gather as opaque): the producing conv's kernel runs it per output tile. Not fused (the codes read elsewhere
+    PACKED_BLOCK) whose 16 channels the schedules replace by the NEON lookup (:func:`vector_store`). Declared
+    elementwise to the fuser (relax's kElemWise, which a conv's kernel takes in; TVM's analysis reads a gather as
+    opaque): the producing conv's kernel runs it per chunk of output pixels. Not fused (the codes read elsewhere
     too, or a Split's slice before it): targets/int8/schedule.schedule_packed_lookup."""
     from tvm.script import tirx as T
 
