@@ -76,34 +76,44 @@ int main(int argc, char **argv) {
     assert counts[5000] - counts[1000] == 3 * 4000
 
 
-def test_dot_product_instructions_are_named(insn, tmp_path):
-    """qemu 7.2 disassembles sdot / udot as ".byte": the plugin names them from their encodings."""
+def _count_c_loop(insn, tmp_path: Path, name: str, march: str, decls: str, body: str, check: str) -> dict:
+    """Executed mnemonics of a static aarch64 C program: ``decls``, then 100 iterations of ``body`` between the
+    marker syscalls, exit status 0 where ``check`` holds; built for ``march``, counted under qemu -cpu cortex-a76."""
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("aarch64-linux-gnu-gcc not installed")
-    src = tmp_path / "dot.c"
-    src.write_text("""
+    src = tmp_path / f"{name}.c"
+    src.write_text(f"""
 #include <arm_neon.h>
 #include <unistd.h>
 #include <sys/syscall.h>
-int main(void) {
-  int32x4_t acc = vdupq_n_s32(0); uint32x4_t uacc = vdupq_n_u32(0);
-  int8x16_t a = vdupq_n_s8(3), b = vdupq_n_s8(2); uint8x16_t u = vdupq_n_u8(3);
+int main(void) {{
+  {decls}
   syscall(SYS_getpid, 0xC0FFEEL, 1000L);
-  for (int i = 0; i < 100; ++i) {
-    acc = vdotq_s32(acc, a, b); uacc = vdotq_u32(uacc, u, u); acc = vdotq_laneq_s32(acc, a, b, 1);
-    __asm__ volatile("" : "+w"(acc), "+w"(uacc));
-  }
+  for (int i = 0; i < 100; ++i) {{
+    {body}
+  }}
   syscall(SYS_getpid, 0xC0FFEEL, 1001L);
-  return vgetq_lane_s32(acc, 0) == 4800 && vgetq_lane_u32(uacc, 0) == 3600 ? 0 : 1;
-}
+  return {check} ? 0 : 1;
+}}
 """)
-    exe = tmp_path / "dot"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-march=armv8.2-a+dotprod", "-static", "-o", str(exe),
-                    str(src)], check=True)
-    report = tmp_path / "r.txt"
+    exe = tmp_path / name
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", f"-march={march}", "-static", "-o", str(exe), str(src)],
+                   check=True)
+    report = tmp_path / f"{name}.txt"
     subprocess.run(["qemu-aarch64", "-cpu", "cortex-a76", "-plugin", f"{insn.plugin()},out={report},mix=1",
                     str(exe)], check=True)
-    ops = insn._parse(report)["ops"]
+    return insn._parse(report)["ops"]
+
+
+def test_dot_product_instructions_are_named(insn, tmp_path):
+    """qemu 7.2 disassembles sdot / udot as ".byte": the plugin names them from their encodings."""
+    ops = _count_c_loop(
+        insn, tmp_path, "dot", "armv8.2-a+dotprod",
+        "int32x4_t acc = vdupq_n_s32(0); uint32x4_t uacc = vdupq_n_u32(0);\n"
+        "  int8x16_t a = vdupq_n_s8(3), b = vdupq_n_s8(2); uint8x16_t u = vdupq_n_u8(3);",
+        "acc = vdotq_s32(acc, a, b); uacc = vdotq_u32(uacc, u, u); acc = vdotq_laneq_s32(acc, a, b, 1);\n"
+        '    __asm__ volatile("" : "+w"(acc), "+w"(uacc));',
+        "vgetq_lane_s32(acc, 0) == 4800 && vgetq_lane_u32(uacc, 0) == 3600")
     assert ops["sdot.v"] == 200 and ops["udot.v"] == 100
 
 
@@ -166,33 +176,14 @@ def test_fp32_library_beats_onnxruntime_on_cortex_a72(insn, tmp_path):
 
 def test_fp16_vector_instructions_are_named(insn, tmp_path):
     """qemu 7.2 disassembles the Armv8.2 FP16 vector instructions as ".byte" too: the plugin names them `.h`."""
-    if shutil.which("aarch64-linux-gnu-gcc") is None:
-        pytest.skip("aarch64-linux-gnu-gcc not installed")
-    src = tmp_path / "h.c"
-    src.write_text("""
-#include <arm_neon.h>
-#include <unistd.h>
-#include <sys/syscall.h>
-int main(void) {
-  float16x8_t acc = vdupq_n_f16(0), a = vdupq_n_f16(0.5), b = vdupq_n_f16(0.25);
-  float32x4_t acc32 = vdupq_n_f32(0);
-  syscall(SYS_getpid, 0xC0FFEEL, 1000L);
-  for (int i = 0; i < 100; ++i) {
-    acc = vfmaq_f16(acc, a, b); acc = vfmaq_laneq_f16(acc, a, b, 3); acc = vmaxq_f16(acc, b);
-    acc32 = vfmaq_f32(acc32, vcvt_f32_f16(vget_low_f16(a)), vcvt_f32_f16(vget_low_f16(b)));
-    __asm__ volatile("" : "+w"(acc), "+w"(acc32));
-  }
-  syscall(SYS_getpid, 0xC0FFEEL, 1001L);
-  return vgetq_lane_f16(acc, 0) > 0 && vgetq_lane_f32(acc32, 0) > 0 ? 0 : 1;
-}
-""")
-    exe = tmp_path / "h"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-march=armv8.2-a+fp16", "-static", "-o", str(exe), str(src)],
-                   check=True)
-    report = tmp_path / "r.txt"
-    subprocess.run(["qemu-aarch64", "-cpu", "cortex-a76", "-plugin", f"{insn.plugin()},out={report},mix=1",
-                    str(exe)], check=True)
-    ops = insn._parse(report)["ops"]
+    ops = _count_c_loop(
+        insn, tmp_path, "h", "armv8.2-a+fp16",
+        "float16x8_t acc = vdupq_n_f16(0), a = vdupq_n_f16(0.5), b = vdupq_n_f16(0.25);\n"
+        "  float32x4_t acc32 = vdupq_n_f32(0);",
+        "acc = vfmaq_f16(acc, a, b); acc = vfmaq_laneq_f16(acc, a, b, 3); acc = vmaxq_f16(acc, b);\n"
+        "    acc32 = vfmaq_f32(acc32, vcvt_f32_f16(vget_low_f16(a)), vcvt_f32_f16(vget_low_f16(b)));\n"
+        '    __asm__ volatile("" : "+w"(acc), "+w"(acc32));',
+        "vgetq_lane_f16(acc, 0) > 0 && vgetq_lane_f32(acc32, 0) > 0")
     assert ops["fmla.h"] == 200 and ops["fmax.h"] == 100 and ops["fmla.v"] == 100, ops
     assert insn.mix(ops)["fp16_vector"] > 0
 
