@@ -96,7 +96,7 @@ def to_relax(model: onnx.ModelProto):
     inputs, _ = signature(model)
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
-    with _captured() as log:
+    with _captured() as log, _pad_as_relax_op():
         try:
             return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
         except Exception as exc:  # the importer raises many exception types, all meaning "cannot import"
@@ -106,6 +106,58 @@ def to_relax(model: onnx.ModelProto):
     details = (printed + ("\n" if printed and not printed.endswith("\n") else "")
                + f"{type(failure).__name__}: {failure}\n")
     raise TargetError(f"TVM could not import the ONNX model: {lines[-1].strip()[:300]}", details=details) from None
+
+
+@contextlib.contextmanager
+def _pad_as_relax_op():
+    """ONNX Pad in constant mode as Relax's ``nn.pad`` op rather than the importer's ``emit_te(topi.nn.pad)``.
+
+    The importer's form is a call to an anonymous TIR function whose pad widths no later pass can read: the int8
+    lowering could not see a quantized Pad (BlazeFace's shortcut pads its max-pooled channels with zeros), so it
+    stayed float, between an unpack to NCHW and a pack back. ``nn.pad`` legalizes to the same TIR function, so
+    the float builds are unchanged. Other modes, negative pads (crops) and importers without the hook keep the
+    importer's own conversion."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    pad = onnx_frontend.Pad
+    original = pad.__dict__.get("_lower_pad")
+    parse = getattr(pad, "_parse_pads_and_axes", None)
+    if not isinstance(original, classmethod) or parse is None:
+        yield
+        return
+
+    def lower_pad(cls, bb, inputs, attr, params, allowed_modes):
+        if len(inputs) > 2 and inputs[2] is not None:  # onnxruntime's quantizer leaves DequantizeLinear(value)
+            inputs = [*inputs[:2], _folded_dequantize(bb, inputs[2]), *inputs[3:]]
+        if attr.get("mode", b"constant").decode("utf-8") == "constant":
+            before, after, value = parse(inputs, params)
+            if min(before + after, default=0) >= 0:
+                width = [int(v) for pair in zip(before, after, strict=True) for v in pair]
+                return bb.emit(relax.op.nn.pad(inputs[0], width, "constant", float(value)))
+        return original.__func__(cls, bb, inputs, attr, params, allowed_modes)
+
+    pad._lower_pad = classmethod(lower_pad)
+    try:
+        yield
+    finally:
+        pad._lower_pad = original
+
+
+def _folded_dequantize(bb, expr):
+    """A ``dequantize`` of constants as the float constant it is (the importer reads a Pad's value only from a
+    constant, and failed on a quantized one); anything else unchanged."""
+    import tvm
+    from tvm import relax
+
+    call = bb.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+    args = list(getattr(call, "args", []))
+    if (getattr(getattr(call, "op", None), "name", "") != "relax.dequantize" or len(args) < 3
+            or not all(isinstance(a, tvm.ir.GenericConst) for a in args[:3])):
+        return expr
+    codes, scale, zero_point = (a.value.numpy() for a in args[:3])
+    real = (codes.astype(np.float32) - zero_point.astype(np.float32)) * scale.astype(np.float32)
+    return relax.const(real.astype(np.float32), "float32")
 
 
 @contextlib.contextmanager

@@ -39,17 +39,19 @@ def has_qdq(mod: tvm.IRModule) -> bool:
 
 
 def options_for_target(target: tvm.target.Target) -> LowerOptions:
-    """A CPU with an 8-bit dot product (targets/isa: x86 VNNI, aarch64 sdot): packed convs on uint8 activations;
-    other aarch64: plain s8 x s8 convs; else plain u8 x s8."""
+    """A CPU with an 8-bit dot product (targets/isa: x86 VNNI, aarch64 sdot): packed convs on uint8 activations,
+    one-row tables as vector lookups on aarch64 (NEON) and x86 with AVX-512 VBMI; other aarch64: plain s8 x s8
+    convs; else plain u8 x s8."""
     from compress_graph.targets import isa
     from compress_graph.targets.int8 import packed
+    from compress_graph.targets.isa import x86_vnni
 
     if str(target.kind.name) != "llvm":
         return LowerOptions()
     family = isa.int8_dot(target)
     if family is not None:
-        return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family),
-                            neon_tables=packed.is_aarch64(target),
+        tables = "neon" if packed.is_aarch64(target) else ("vbmi" if x86_vnni.has_vbmi(target) else "")
+        return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family), vector_tables=tables,
                             tables_in_convs=bool(getattr(family, "TABLES_IN_CONVS", False)))
     if packed.is_aarch64(target):
         return LowerOptions(act_dtype="int8")

@@ -13,6 +13,11 @@ packed tensor (NCHW16c, a packed conv's codes) is :func:`packed_lookup_func`: a 
 fuser puts it into the producing conv's kernel, where the conv schedules (targets/int8/schedule.py) run it once per
 chunk of output pixels after their requant, its 16 lanes as :func:`vector_store` — no kernel, tensor or pass of its
 own.
+
+On x86 CPUs with AVX-512 VBMI (Ice Lake and later Intel cores, AMD Zen 4), ``lookup_func(..., isa="vbmi")`` is the
+same kernel on 64 codes per zmm register: ``vpermi2b`` looks 64 codes up in 128 table entries (two registers;
+index bit 6 picks the register), once over entries 0-127 and once over 128-255, and the code's top bit picks
+between the two (``vpblendmb``): where the tables had been ``take`` gathers, a scalar load per code.
 """
 
 from __future__ import annotations
@@ -55,14 +60,49 @@ def _neon(in_dtype: str, out_dtype: str):
     return codes, look
 
 
-def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
-    """``y[i] = table[x[i] - qmin(in_dtype)]`` over ``n`` codes (int8 / uint8 in, int8 / uint8 out; flat: the
-    caller reshapes), the table a (256,) ``out_dtype`` parameter."""
+VBMI_LANES = 64
+
+
+def _vbmi(in_dtype: str, out_dtype: str):
+    """``(codes, look)`` for 64 codes per AVX-512 register: the codes as int8x64 ``vpermi2b`` indices (an int8 x
+    flipped to its code x + 128), and the table's entries at them (entries 0-127 and 128-255 by two ``vpermi2b``,
+    which read index bits 0-6; bit 7, the sign, selects between the two)."""
     from tvm.script import tirx as T
 
-    body = n // LANES * LANES
+    lanes = VBMI_LANES
     flip = in_dtype == "int8"
-    codes, look = _neon(in_dtype, out_dtype)
+    perm = "llvm.x86.avx512.vpermi2var.qi.512"
+
+    def part(t, j):  # table entries 64j .. 64j + 63
+        return T.reinterpret(t.vload([lanes * j], f"{out_dtype}x{lanes}"), dtype=f"int8x{lanes}")
+
+    def codes(x, index):
+        v = T.reinterpret(x.vload(index, f"{in_dtype}x{lanes}"), dtype=f"int8x{lanes}")
+        return T.bitwise_xor(v, T.broadcast(T.int8(-128), lanes)) if flip else v
+
+    def look(t, c):
+        low = T.call_llvm_pure_intrin(f"int8x{lanes}", T.llvm_lookup_intrinsic_id(perm), part(t, 0), c, part(t, 1))
+        high = T.call_llvm_pure_intrin(f"int8x{lanes}", T.llvm_lookup_intrinsic_id(perm), part(t, 2), c,
+                                       part(t, 3))
+        return T.reinterpret(T.Select(c < T.broadcast(T.int8(0), lanes), high, low), dtype=f"{out_dtype}x{lanes}")
+
+    return codes, look
+
+
+#: vector lookups per ISA: (their lanes, the (codes, look) builder)
+ISAS = {"neon": (LANES, _neon), "vbmi": (VBMI_LANES, _vbmi)}
+
+
+def lookup_func(n: int, in_dtype: str, out_dtype: str, isa: str = "neon") -> tvm.tirx.PrimFunc:
+    """``y[i] = table[x[i] - qmin(in_dtype)]`` over ``n`` codes (int8 / uint8 in, int8 / uint8 out; flat: the
+    caller reshapes), the table a (256,) ``out_dtype`` parameter; ``isa``: "neon" (aarch64) or "vbmi" (x86
+    AVX-512 VBMI)."""
+    from tvm.script import tirx as T
+
+    lanes, builder = ISAS[isa]
+    body = n // lanes * lanes
+    flip = in_dtype == "int8"
+    codes, look = builder(in_dtype, out_dtype)
 
     def code_of(x, i):
         c = T.cast(x[i], "int32")
@@ -72,11 +112,11 @@ def lookup_func(n: int, in_dtype: str, out_dtype: str) -> tvm.tirx.PrimFunc:
     def table_lookup(x: T.Buffer((n,), in_dtype), table: T.Buffer((256,), out_dtype), y: T.Buffer((n,), out_dtype)):
         T.func_attr({"op_pattern": OP_PATTERN_OPAQUE})
         with T.sblock("root"):  # passes that list a module's blocks expect one
-            for i in T.parallel(body // LANES):
+            for i in T.parallel(body // lanes):
                 with T.sblock("table_lookup"):
-                    T.reads(x[i * LANES:i * LANES + LANES], table[0:256])
-                    T.writes(y[i * LANES:i * LANES + LANES])
-                    y[T.ramp(i * LANES, 1, LANES)] = look(table, codes(x, [i * LANES]))
+                    T.reads(x[i * lanes:i * lanes + lanes], table[0:256])
+                    T.writes(y[i * lanes:i * lanes + lanes])
+                    y[T.ramp(i * lanes, 1, lanes)] = look(table, codes(x, [i * lanes]))
             for j in T.serial(n - body):
                 with T.sblock("table_lookup_tail"):
                     T.reads(x[body + j], table[0:256])

@@ -63,7 +63,8 @@ class LowerOptions:
     requant: str = "fixed"
     act_dtype: str = "uint8"
     conv_emitter: Any = None
-    neon_tables: bool = False  # one-row tables as NEON tbl / tbx kernels (targets/int8/lookup.py), else ``take``
+    vector_tables: str = ""  # one-row tables as vector lookup kernels: "neon" (tbl / tbx) or "vbmi" (x86 vpermi2b),
+    # targets/int8/lookup.py; "": ``take``
     tables_in_convs: bool = False  # such a table on a packed conv's codes runs in the conv's kernel (the family's)
 
 
@@ -201,6 +202,8 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
             return "global_avg_pool", self._lower_mean(prod, ctx)
         if name == "relax.concat":
             return "concat", self._lower_concat(prod, ctx)
+        if name == "relax.nn.pad":
+            return "pad", self._lower_pad(prod, ctx)
         if isinstance(prod, relax.TupleGetItem):
             return "split", self._lower_split_item(prod, ctx)
         if name == "relax.dequantize":
@@ -328,24 +331,25 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         return self._lookup(q, tables.quantize(tables.unary(self.defs, call, q), s_y, z_y, out_dtype, lo, hi),
                             out_dtype)
 
-    def _neon_lookup(self, codes: relax.Expr, table: np.ndarray, out_dtype: str) -> relax.Expr:
-        """``table[code]`` of an 8-bit tensor with NEON lookups (targets/int8/lookup.py): on a packed tensor
-        (NCHW16c), where the family runs tables in conv kernels, as an elementwise function the fuser puts into its
-        producer's kernel, else as a kernel on the tensor's flat view."""
+    def _vector_lookup(self, codes: relax.Expr, table: np.ndarray, out_dtype: str) -> relax.Expr:
+        """``table[code]`` of an 8-bit tensor with the target's vector lookups (targets/int8/lookup.py): on a packed
+        tensor (NCHW16c), where the family runs tables in conv kernels, as an elementwise function the fuser puts
+        into its producer's kernel, else as a kernel on the tensor's flat view."""
         shape = shape_of(codes)
         if self.opts.tables_in_convs and len(shape) == 5 and shape[-1] == lookup.LANES:
             gv = self.builder_.add_func(lookup.packed_lookup_func(shape, dtype_of(codes), out_dtype), "table_lookup")
             return relax.call_tir(gv, [codes, relax.const(table, out_dtype)], relax.TensorType(shape, out_dtype))
         n = int(np.prod(shape))
-        gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(codes), out_dtype), "table_lookup")
+        gv = self.builder_.add_func(lookup.lookup_func(n, dtype_of(codes), out_dtype, self.opts.vector_tables),
+                                    "table_lookup")
         flat = self._emit(relax.op.reshape(codes, (n,)))
         return relax.op.reshape(self._emit(relax.call_tir(gv, [flat, relax.const(table, out_dtype)],
                                                           relax.TensorType((n,), out_dtype))), shape)
 
     def _lookup_codes(self, codes: relax.Expr, dtype: str, table: np.ndarray, out_dtype: str) -> relax.Expr:
         """``table[code - qmin]`` of an 8-bit tensor in any layout (a one-row table)."""
-        if self.opts.neon_tables:
-            return self._neon_lookup(codes, table, out_dtype)
+        if self.opts.vector_tables:
+            return self._vector_lookup(codes, table, out_dtype)
         idx = relax.op.astype(codes, "int32")
         if QRANGE[dtype][0]:
             idx = relax.op.subtract(idx, relax.const(QRANGE[dtype][0], "int32"))
@@ -357,8 +361,8 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         x = self._new(q.expr)
         packed = self.packed_of.get(x)  # a table lookup is elementwise: any layout
         src = x if packed is None else packed[0]
-        if self.opts.neon_tables and table.ndim == 1:
-            out = self._neon_lookup(src, table, out_dtype)
+        if self.opts.vector_tables and table.ndim == 1:
+            out = self._vector_lookup(src, table, out_dtype)
             return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
         alias = src
         while isinstance(alias, relax.Var) and alias not in self.narrowed:  # through ``lv1 = lv0`` bindings
@@ -411,6 +415,35 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         if name == "relax.image.resize2d":
             moved = self._emit(relax.op.astype(moved, q.dtype))
         return self._rescale(q, moved, *ctx)
+
+    def _lower_pad(self, call: relax.Call, ctx) -> relax.Expr:
+        """Constant Pad (of channels, rows or columns) of a packed tensor: the codes rescaled, then padded with
+        the pad value's code (``quantize(value)``, what the QuantizeLinear after the float Pad gives it); the
+        result stays packed. BlazeFace's shortcut pads its max-pooled channels with zeros to the width of the
+        conv it is added to, so the add, the PRelu after it and the next conv stay packed too.
+
+        Refused (the Pad stays float, between the unpack and the next pack, as the importer left it) on NCHW
+        inputs and where the packed result would be more than a quarter padding channels: the elementwise ops
+        after it pay for every padding channel (face_s pruned to 17 channels, packed as 32: cortex-a76 +4 %
+        instructions packed, -3 % on the unpruned model's 24 -> 32 and 32 -> 48 pads)."""
+        s_y, z_y, out_dtype, lo, hi = ctx
+        width = [int(v) for v in call.attrs.pad_width]
+        q = self.defs.dequantized(call.args[0])
+        x = self._new(q.expr)
+        packed = self.packed_of.get(x)
+        if str(call.attrs.pad_mode) != "constant" or packed is None or len(width) != 8 or width[0] or width[1]:
+            raise Refuse("pad of an unpacked tensor, of the batch, or not constant")
+        channels, block = shape_of(call)[1], packed[1]
+        if 4 * (-channels % block) > channels + (-channels % block):
+            raise Refuse(f"pad to {channels} channels: more than a quarter of blocks of {block} would be padding")
+        code = int(tables.quantize(np.array([float(call.attrs.pad_value)], np.float32), s_y, z_y, out_dtype,
+                                   lo, hi)[0])
+        from compress_graph.targets.int8.packed import pad_data
+
+        src = self._rescale(q, packed[0], *ctx)
+        src = src if isinstance(src, relax.Var) else self._emit(src)
+        pairs = [(width[i], width[i + 1]) for i in (2, 4, 6)]
+        return self._unpack(pad_data(self.builder_, src, block, shape_of(x)[1], pairs, code), block, channels)
 
     def _lower_avg_pool(self, call: relax.Call, ctx) -> relax.Expr:
         """AveragePool as a depthwise conv with a ones kernel (exact int32 window sums; packed where the
@@ -546,4 +579,5 @@ def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, L
     out = lowering.transform()
     out = relax.transform.DeadCodeElimination()(out)
     return out, lowering.stats
+
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from compress_graph.targets.int8.match import channels_of, dtype_of
+from compress_graph.targets.int8.match import channels_of, dtype_of, shape_of
 from tvm import relax
 
 OC_BLOCK = 16
@@ -70,6 +70,31 @@ def reblock_data(bb: relax.BlockBuilder, x: relax.Expr, block: int, channels: in
                           name="reblock")
 
     return bb.emit_te(reblock, x, primfunc_name_hint="reblock")
+
+
+def pad_data(bb: relax.BlockBuilder, x: relax.Expr, block: int, channels: int, pads, code: int) -> relax.Expr:
+    """Constant padding of a packed tensor (NCHW[block]c, ``channels`` real channels, maybe padding channels past
+    them): ``pads`` = (before, after) for C, H, W; new elements, and the padding channels of the result, are
+    ``code`` (the pad value's 8-bit code). The result is NCHW[block]c with its channel count rounded up to the
+    block: BlazeFace's shortcut pads a pooled 16-channel tensor to the 24 channels of the conv it is added to,
+    and the add, the PRelu after it and the next conv stay packed."""
+    from tvm import te, tirx
+
+    (cb, ca), (hb, ha), (wb, wa) = pads
+    out_channels = channels + cb + ca
+    n, _, h, w, _ = (int(v) for v in shape_of(x))
+
+    def pad(data):
+        def value(i, c, y, z, k):
+            ch, yy, zz = c * block + k - cb, y - hb, z - wb
+            inside = tirx.all(ch >= 0, ch < channels, yy >= 0, yy < h, zz >= 0, zz < w)
+            idx = tirx.max(ch, 0)
+            return tirx.if_then_else(inside, data[i, idx // block, tirx.max(yy, 0), tirx.max(zz, 0), idx % block],
+                                     tirx.const(code, data.dtype))
+
+        return te.compute((n, -(-out_channels // block), h + hb + ha, w + wb + wa, block), value, name="pad")
+
+    return bb.emit_te(pad, x, primfunc_name_hint="pad_packed")
 
 
 class PackedConvEmitter:

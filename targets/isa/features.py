@@ -52,3 +52,24 @@ def cpu_has_feature(mcpu: str, feature: str, triple: str = "") -> bool:
         return bool(codegen.llvm_cpu_has_features([feature], tvm.target.Target(spec)))
     except Exception:  # noqa: BLE001 - an LLVM without the query
         return feature == "avx512vnni" and mcpu in _VNNI_CPUS
+
+
+@functools.cache
+def host_has(feature: str, cpuinfo_flag: str) -> bool:
+    """Whether this machine runs code using the x86 ``feature`` (LLVM's name; ``cpuinfo_flag``: /proc/cpuinfo's):
+    LLVM's host CPU (from cpuid, so an emulated CPU such as ``qemu-x86_64 -cpu Haswell`` counts as what it
+    emulates) must have it, and /proc/cpuinfo must not deny it (a VM may mask features of the CPU model it
+    reports)."""
+    try:
+        from tvm.target import codegen
+
+        cpu = str(codegen.llvm_get_system_cpu())
+    except Exception:  # noqa: BLE001
+        cpu = ""
+    if cpu and cpu != "generic" and not cpu_has_feature(cpu, feature):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and cpuinfo_flag in line.split() for line in fh)
+    except OSError:
+        return bool(cpu) and cpu != "generic"

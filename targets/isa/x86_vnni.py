@@ -22,24 +22,16 @@ def has_vnni(target: tvm.target.Target) -> bool:
         features.has(target, "avx512vnni", native=host_has_vnni))
 
 
-@functools.cache
 def host_has_vnni() -> bool:
-    """Whether this machine runs AVX-512 VNNI code: LLVM's host CPU (from cpuid, so an emulated CPU such as
-    ``qemu-x86_64 -cpu Haswell`` counts as what it emulates) must have it, and /proc/cpuinfo must not deny it (a
-    VM may mask features of the CPU model it reports)."""
-    try:
-        from tvm.target import codegen
+    """Whether this machine runs AVX-512 VNNI code (features.host_has)."""
+    return features.host_has("avx512vnni", "avx512_vnni")
 
-        cpu = str(codegen.llvm_get_system_cpu())
-    except Exception:  # noqa: BLE001
-        cpu = ""
-    if cpu and cpu != "generic" and not features.cpu_has_feature(cpu, "avx512vnni"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and "avx512_vnni" in line.split() for line in fh)
-    except OSError:
-        return bool(cpu) and cpu != "generic"
+
+def has_vbmi(target: tvm.target.Target) -> bool:
+    """AVX-512 VBMI (``vpermi2b``: 256-entry byte tables as 64-lane lookups, targets/int8/lookup.py): by mattr, by
+    mcpu, or on this machine for mcpu=native."""
+    return features.arch_is(target, features.X86, default=True) and bool(
+        features.has(target, "avx512vbmi", native=lambda: features.host_has("avx512vbmi", "avx512vbmi")))
 
 
 @functools.cache

@@ -94,3 +94,79 @@ def test_c2f_on_this_host_matches_the_qdq_semantics(tmp_path):
     got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+def _padded_shortcut(path: Path, channels: int = 16, wider: int = 24, size: int = 12, value: float = 0.0) -> Path:
+    """BlazeFace's down-sampling block: x -> 1x1 conv + Relu (packed) -> [3x3/2 depthwise conv -> 1x1 conv to
+    ``wider`` channels] + [2x2/2 max pool -> Pad of the channels to ``wider`` with ``value``] -> Add -> PRelu
+    -> 1x1 conv -> y."""
+    rng = np.random.default_rng(5)
+    nodes, inits = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def weight(name, *shape):
+        return const(name, rng.standard_normal(shape) / np.sqrt(int(np.prod(shape[1:]))))
+
+    nodes.append(helper.make_node("Conv", ["x", weight("w0", channels, channels, 1, 1), weight("b0", channels)],
+                                  ["c0"]))
+    nodes.append(helper.make_node("Relu", ["c0"], ["r0"]))
+    nodes.append(helper.make_node("Conv", ["r0", weight("wd", channels, 1, 3, 3), weight("bd", channels)], ["d"],
+                                  group=channels, pads=[1] * 4, strides=[2, 2]))
+    nodes.append(helper.make_node("Conv", ["d", weight("wp", wider, channels, 1, 1), weight("bp", wider)], ["p"]))
+    nodes.append(helper.make_node("MaxPool", ["r0"], ["m"], kernel_shape=[2, 2], strides=[2, 2]))
+    inits.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, wider - channels, 0, 0], np.int64), "pads"))
+    nodes.append(helper.make_node("Pad", ["m", "pads", const("value", value)], ["mp"]))
+    nodes.append(helper.make_node("Add", ["p", "mp"], ["s"]))
+    nodes.append(helper.make_node("PRelu", ["s", const("slope", rng.uniform(0.05, 0.3, (wider, 1, 1)))], ["a"]))
+    nodes.append(helper.make_node("Conv", ["a", weight("w1", wider, wider, 1, 1), weight("b1", wider)], ["y"]))
+    half = size // 2
+    return save_float_model(path, nodes, [1, channels, size, size], [1, wider, half, half], inits, "shortcut")
+
+
+def _pads_in_float(mod) -> int:
+    """Pads the lowered module still computes in float (a dequantize fused with a pad)."""
+    return sum("pad" in gv.name_hint and "dequantize" in gv.name_hint for gv in mod.get_global_vars())
+
+
+@pytest.mark.parametrize(("wider", "value", "packed"), [(24, 0.0, True), (32, 0.25, True), (17, 0.0, False)])
+def test_channel_pad_of_a_packed_tensor_stays_packed(tmp_path, wider, value, packed):
+    """The shortcut's channel Pad on the 8-bit codes, packed (pad value -> its code), and the Add and PRelu after
+    it packed; 17 channels (15 padding channels in 2 blocks of 16) keep the float Pad. Exact on this host's x86
+    int8 family against the QDQ semantics."""
+    from tvm import relax
+
+    path = quantize_qdq(_padded_shortcut(tmp_path / "f.onnx", wider=wider, value=value), tmp_path / "qdq.onnx")
+    model = onnx.load(str(path))
+    section = build_for_target(model, "host{cores=1}", tmp_path / "out")
+    kernels = section["kernel_schedules"]
+    assert bool(section["int8"]["by_op"].get("pad")) == packed, section["int8"]
+    assert any(k.startswith("pad_packed") for k in kernels) == packed, kernels
+    if packed:  # only the float input is packed; the pad, the add and the PRelu lookup on packed codes
+        assert sum(k.startswith(("te_layout_transform", "pack_input")) for k in kernels) <= 1, kernels
+    lib = tvm.runtime.load_module(section["library"])
+    feeds = random_input(model, 5)
+    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+@pytest.mark.slow
+def test_channel_pad_stays_packed_on_aarch64(tmp_path):
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    path = quantize_qdq(_padded_shortcut(tmp_path / "f.onnx", value=0.5), tmp_path / "qdq.onnx")
+    model = onnx.load(str(path))
+    section = build_for_target(model, "arm{cpu=cortex-a76,cores=1}", tmp_path / "out")
+    kernels = section["kernel_schedules"]
+    assert any(k.startswith("pad_packed") for k in kernels), kernels
+    assert sum(k.startswith(("te_layout_transform", "pack_input")) for k in kernels) <= 1, kernels
+    reason = qemu_available("aarch64")
+    if reason:
+        pytest.skip(reason)
+    feeds = random_input(model, 3)
+    got = run_qemu(Path(section["library"]), [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(np.asarray(got).reshape(want.shape) - want)) <= output_scales(model)[0] * 1.001
