@@ -52,7 +52,8 @@ def options_for_target(target: tvm.target.Target) -> LowerOptions:
     if family is not None:
         tables = "neon" if packed.is_aarch64(target) else ("vbmi" if x86_vnni.has_vbmi(target) else "")
         return LowerOptions(conv_emitter=packed.PackedConvEmitter(target, family), vector_tables=tables,
-                            tables_in_convs=bool(getattr(family, "TABLES_IN_CONVS", False)))
+                            tables_in_convs=bool(getattr(family, "TABLES_IN_CONVS", False)),
+                            prelu_arith=not packed.is_aarch64(target))
     if packed.is_aarch64(target):
         return LowerOptions(act_dtype="int8")
     return LowerOptions()

@@ -66,6 +66,7 @@ class LowerOptions:
     vector_tables: str = ""  # one-row tables as vector lookup kernels: "neon" (tbl / tbx) or "vbmi" (x86 vpermi2b),
     # targets/int8/lookup.py; "": ``take``
     tables_in_convs: bool = False  # such a table on a packed conv's codes runs in the conv's kernel (the family's)
+    prelu_arith: bool = False  # PRelu as int32 lane arithmetic (per-channel slopes), else its per-channel table
 
 
 @dataclass
@@ -327,6 +328,11 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
 
     def _lower_unary(self, call: relax.Call, ctx) -> relax.Expr:
         s_y, z_y, out_dtype, lo, hi = ctx
+        if op_name(call) == "relax.nn.prelu" and self.opts.prelu_arith:
+            try:
+                return self._lower_prelu(call, ctx)
+            except Refuse:
+                pass  # the per-channel table
         q = self.defs.dequantized(call.args[0])
         return self._lookup(q, tables.quantize(tables.unary(self.defs, call, q), s_y, z_y, out_dtype, lo, hi),
                             out_dtype)
@@ -385,6 +391,44 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
             table = table.reshape(-1)
         out = relax.op.take(relax.const(table, out_dtype), self._emit(idx), axis=0)
         return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
+
+    def _lower_prelu(self, call: relax.Call, ctx) -> relax.Expr:
+        """PRelu as int32 arithmetic in the input's layout: ``t = x - zp``, ``t * M`` with ``M`` the slope's
+        fixed-point ratio ``s_x / s_y`` (``t >= 0``) or ``alpha_c * s_x / s_y`` (``t < 0``, per channel), then the
+        rounding shift (half to even) of a quantized Add. Vector lanes instead of the per-channel table's gather
+        (one scalar load per code); refused (the table) where int32 cannot hold the ratios with at least
+        _MIN_PRELU_BITS bits."""
+        s_y, z_y, out_dtype, lo, hi = ctx
+        shape = shape_of(call.args[0])
+        if int(call.attrs.axis) != 1 or len(shape) != 4:
+            raise Refuse("prelu slope not per channel of NCHW")
+        q = self.defs.dequantized(call.args[0])
+        channels = shape[1]
+        slopes = np.broadcast_to(self.defs.bias(call.args[1]), (channels,))
+        ratio = np.float64(q.scale) / np.float64(s_y)
+        ratios = np.concatenate([[ratio], ratio * slopes])
+        bits, acc_dtype = add_frac_bits([float(np.abs(ratios).max())])
+        kept = np.abs(ratios[ratios != 0]) * 2.0**bits
+        if acc_dtype != "int32" or kept.size == 0 or kept.min() < 2.0**_MIN_PRELU_BITS:
+            raise Refuse("prelu ratios too far apart for int32")
+        m_neg = np.round(ratio * slopes * 2.0**bits).astype(np.int32)
+        x = self._new(q.expr)
+        packed = self.packed_of.get(x)
+        if packed is None:
+            raise Refuse("prelu of an unpacked tensor")
+        src, block = packed
+        full = np.zeros(shape_of(src)[1] * block, np.int32)  # padding channels of the packed tensor: slope 0
+        full[:channels] = m_neg
+        m_neg = full.reshape(1, -1, 1, 1, block)
+        t = relax.op.astype(src, "int32")
+        if q.zero_point:
+            t = relax.op.subtract(t, relax.const(q.zero_point, "int32"))
+        t = self._emit(t)
+        mult = self._emit(relax.op.where(relax.op.less(t, relax.const(0, "int32")), relax.const(m_neg, "int32"),
+                                         relax.const(np.int32(np.round(ratio * 2.0**bits)), "int32")))
+        total = self._emit(relax.op.multiply(t, mult))
+        out = emit_round_shift(self.builder_, total, bits, z_y, out_dtype, lo=lo, hi=hi, dtype="int32")
+        return self._unpack(self._emit(out), block, channels)
 
     # -- data movement and pooling ------------------------------------------------------------------
     def _lower_passthrough(self, call: relax.Call, ctx) -> relax.Expr:
@@ -561,6 +605,10 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
             self._split_cache[key] = self._emit(relax.Call(split.op, [x], split.attrs))
         part = self._emit(relax.TupleGetItem(self._split_cache[key], int(item.index)))
         return finish(part)
+
+
+#: fewest bits of a PRelu ratio's fixed-point mantissa (as a quantized Add's terms keep)
+_MIN_PRELU_BITS = 12
 
 
 def _split_bounds(indices_or_sections, extent: int) -> list[int] | None:

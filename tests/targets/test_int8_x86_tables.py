@@ -106,3 +106,50 @@ def test_host_tables_are_vbmi_lookups_where_the_cpu_has_vbmi(tmp_path, isa):
     got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
+
+
+def _qdq_conv_prelu(path: Path, slopes: np.ndarray) -> Path:
+    """x (uint8 QDQ, 16 channels) -> 1x1 conv 16 -> 24 -> QDQ -> PRelu(slopes) -> QDQ, at 7x9."""
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (24, 16, 1, 1)).astype(np.int8), "w_q"),
+             numpy_helper.from_array(rng.uniform(0.002, 0.004, 24).astype(np.float32), "w_s"),
+             numpy_helper.from_array(slopes.astype(np.float32).reshape(24, 1, 1), "slope")]
+    for s, sv, z, zv in [("s_x", 0.05, "z_x", 120), ("s_c", 0.1, "z_c", 140), ("s_y", 0.12, "z_y", 90)]:
+        inits += [numpy_helper.from_array(np.array(sv, np.float32), s),
+                  numpy_helper.from_array(np.array(zv, np.uint8), z)]
+
+    def qdq(src, dst, s, z):
+        return [helper.make_node("QuantizeLinear", [src, s, z], [f"{dst}_q"]),
+                helper.make_node("DequantizeLinear", [f"{dst}_q", s, z], [dst])]
+
+    nodes = [*qdq("x", "xd", "s_x", "z_x"), helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w"], ["c"]), *qdq("c", "cd", "s_c", "z_c"),
+             helper.make_node("PRelu", ["cd", "slope"], ["p"]), *qdq("p", "y", "s_y", "z_y")]
+    graph = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 7, 9])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_prelu_on_packed_codes_is_lane_arithmetic_on_x86(tmp_path, spread):
+    """PRelu after a packed conv on x86: int32 lane arithmetic (the slope's fixed-point ratio chosen by the sign,
+    a rounding shift), no per-channel table gather — for positive, negative, zero and large slopes; slopes too far
+    apart for int32's mantissa (1e-7 next to 2) keep the table. Within one output step of the QDQ semantics."""
+    from tvm import relax
+
+    slopes = np.linspace(-2.0, 2.0, 24)
+    slopes[3] = 0.0
+    if spread:
+        slopes[5] = 1e-7
+    path = _qdq_conv_prelu(tmp_path / "prelu.onnx", slopes)
+    model = onnx.load(str(path))
+    section = build_for_target(model, "host{cores=1}", tmp_path / "out")
+    kernels = list(section["kernel_schedules"])
+    assert any(k.startswith("take") for k in kernels) == spread, kernels
+    assert section["int8"]["by_op"].get("prelu") == 1, section["int8"]
+    lib = tvm.runtime.load_module(section["library"])
+    feeds = random_input(model, 4)
+    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    want = ort_session(path).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
