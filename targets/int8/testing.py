@@ -119,3 +119,13 @@ def save_float_model(path: str | Path, nodes, x_shape, y_shape, initializers, na
     model.ir_version = 8
     onnx.save(model, str(path))
     return Path(path)
+
+
+
+def run_host_library(library: str | Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The output of a one-output ``host`` library (a Relax VM executable) on this CPU for ``feeds``."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()

@@ -23,8 +23,22 @@ from compress_graph.targets.int8.testing import (  # noqa: E402
     output_scales,
     quantize_qdq,
     random_input,
+    run_host_library,
     save_float_model,
 )
+
+
+def _steps_under_qemu(section: dict, model: onnx.ModelProto, path: Path, tmp_path: Path) -> float:
+    """How many output steps the aarch64 library lands from the QDQ semantics under qemu (skips without qemu)."""
+    from compress_graph.targets.runners import qemu_available, run_qemu
+
+    reason = qemu_available("aarch64")
+    if reason:
+        pytest.skip(reason)
+    feeds = random_input(model, 3)
+    got = run_qemu(Path(section["library"]), [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
+    want = ort_session(path).run(None, feeds)[0]
+    return float(np.max(np.abs(np.asarray(got).reshape(want.shape) - want))) / output_scales(model)[0]
 
 
 def _c2f(path: Path, channels: int = 16, size: int = 10) -> Path:
@@ -60,8 +74,6 @@ def _c2f(path: Path, channels: int = 16, size: int = 10) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
 def test_c2f_halves_stay_packed_in_blocks_of_8(tmp_path, cpu):
-    from compress_graph.targets.runners import qemu_available, run_qemu
-
     path = quantize_qdq(_c2f(tmp_path / "c2f.onnx"), tmp_path / "qdq.onnx")
     model = onnx.load(str(path))
     section = build_for_target(model, f"arm{{cpu={cpu},cores=1}}", tmp_path / "out")
@@ -72,26 +84,16 @@ def test_c2f_halves_stay_packed_in_blocks_of_8(tmp_path, cpu):
     # for the bottleneck conv, the add and the concat)
     assert sum(k.startswith(("te_layout_transform", "pack_input")) for k in kernels) <= 1, kernels
     assert not section["schedule"].get("int8_hand_failed"), section["schedule"]
-    reason = qemu_available("aarch64")
-    if reason:
-        pytest.skip(reason)
-    feeds = random_input(model, 3)
-    got = run_qemu(Path(section["library"]), [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
-    want = ort_session(path).run(None, feeds)[0]
-    step = output_scales(model)[0]
-    assert np.max(np.abs(np.asarray(got).reshape(want.shape) - want)) <= step * 1.001
+    assert _steps_under_qemu(section, model, path, tmp_path) <= 1.001
 
 
 def test_c2f_on_this_host_matches_the_qdq_semantics(tmp_path):
     """The same lowering on the host's x86 int8 family (VNNI, AVX2 or generic): re-blocked pieces, exact."""
-    from tvm import relax
-
     path = quantize_qdq(_c2f(tmp_path / "c2f.onnx", channels=48, size=8), tmp_path / "qdq.onnx")
     model = onnx.load(str(path))
     section = build_for_target(model, "host{cores=1}", tmp_path / "out")
-    lib = tvm.runtime.load_module(section["library"])
     feeds = random_input(model, 5)
-    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    got = run_host_library(section["library"], feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
 
@@ -126,18 +128,11 @@ def _padded_shortcut(path: Path, channels: int = 16, wider: int = 24, size: int 
     return save_float_model(path, nodes, [1, channels, size, size], [1, wider, half, half], inits, "shortcut")
 
 
-def _pads_in_float(mod) -> int:
-    """Pads the lowered module still computes in float (a dequantize fused with a pad)."""
-    return sum("pad" in gv.name_hint and "dequantize" in gv.name_hint for gv in mod.get_global_vars())
-
-
 @pytest.mark.parametrize(("wider", "value", "packed"), [(24, 0.0, True), (32, 0.25, True), (17, 0.0, False)])
 def test_channel_pad_of_a_packed_tensor_stays_packed(tmp_path, wider, value, packed):
     """The shortcut's channel Pad on the 8-bit codes, packed (pad value -> its code), and the Add and PRelu after
     it packed; 17 channels (15 padding channels in 2 blocks of 16) keep the float Pad. Exact on this host's x86
     int8 family against the QDQ semantics."""
-    from tvm import relax
-
     path = quantize_qdq(_padded_shortcut(tmp_path / "f.onnx", wider=wider, value=value), tmp_path / "qdq.onnx")
     model = onnx.load(str(path))
     section = build_for_target(model, "host{cores=1}", tmp_path / "out")
@@ -146,27 +141,18 @@ def test_channel_pad_of_a_packed_tensor_stays_packed(tmp_path, wider, value, pac
     assert any(k.startswith("pad_packed") for k in kernels) == packed, kernels
     if packed:  # only the float input is packed; the pad, the add and the PRelu lookup on packed codes
         assert sum(k.startswith(("te_layout_transform", "pack_input")) for k in kernels) <= 1, kernels
-    lib = tvm.runtime.load_module(section["library"])
     feeds = random_input(model, 5)
-    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    got = run_host_library(section["library"], feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
 
 
 @pytest.mark.slow
 def test_channel_pad_stays_packed_on_aarch64(tmp_path):
-    from compress_graph.targets.runners import qemu_available, run_qemu
-
     path = quantize_qdq(_padded_shortcut(tmp_path / "f.onnx", value=0.5), tmp_path / "qdq.onnx")
     model = onnx.load(str(path))
     section = build_for_target(model, "arm{cpu=cortex-a76,cores=1}", tmp_path / "out")
     kernels = section["kernel_schedules"]
     assert any(k.startswith("pad_packed") for k in kernels), kernels
     assert sum(k.startswith(("te_layout_transform", "pack_input")) for k in kernels) <= 1, kernels
-    reason = qemu_available("aarch64")
-    if reason:
-        pytest.skip(reason)
-    feeds = random_input(model, 3)
-    got = run_qemu(Path(section["library"]), [list(feeds.values())], workdir=tmp_path)["outputs"][0][0]
-    want = ort_session(path).run(None, feeds)[0]
-    assert np.max(np.abs(np.asarray(got).reshape(want.shape) - want)) <= output_scales(model)[0] * 1.001
+    assert _steps_under_qemu(section, model, path, tmp_path) <= 1.001

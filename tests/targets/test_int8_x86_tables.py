@@ -18,7 +18,12 @@ from onnx import TensorProto, helper, numpy_helper
 tvm = pytest.importorskip("tvm")
 from compress_graph.targets import build_for_target  # noqa: E402
 from compress_graph.targets.int8.lookup import lookup_func  # noqa: E402
-from compress_graph.targets.int8.testing import ort_session, output_scales, random_input  # noqa: E402
+from compress_graph.targets.int8.testing import (  # noqa: E402
+    ort_session,
+    output_scales,
+    random_input,
+    run_host_library,
+)
 from compress_graph.targets.isa import features, x86_vnni  # noqa: E402
 
 VBMI_CPU = {"kind": "llvm", "mcpu": "icelake-server", "num-cores": 1}
@@ -89,7 +94,6 @@ def test_host_tables_are_vbmi_lookups_where_the_cpu_has_vbmi(tmp_path, isa):
     """``host`` (this CPU) with VBMI: the SiLU's table is a table_lookup kernel, no ``take``; ``host{isa=vnni}``
     (Cascade Lake: no VBMI) keeps ``take``. Within one output step of the QDQ semantics where this CPU runs it."""
     from compress_graph.targets.host import OPTIONS, missing_features, tvm_target
-    from tvm import relax
 
     path = _qdq_conv_silu(tmp_path / "silu.onnx")
     model = onnx.load(str(path))
@@ -101,9 +105,8 @@ def test_host_tables_are_vbmi_lookups_where_the_cpu_has_vbmi(tmp_path, isa):
     assert any(k.startswith("take") for k in kernels) == (not vbmi), kernels
     if missing_features(isa):
         pytest.skip(f"this CPU lacks {missing_features(isa)}")
-    lib = tvm.runtime.load_module(section["library"])
     feeds = random_input(model, 2)
-    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    got = run_host_library(section["library"], feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
 
@@ -136,8 +139,6 @@ def test_prelu_on_packed_codes_is_lane_arithmetic_on_x86(tmp_path, spread):
     """PRelu after a packed conv on x86: int32 lane arithmetic (the slope's fixed-point ratio chosen by the sign,
     a rounding shift), no per-channel table gather — for positive, negative, zero and large slopes; slopes too far
     apart for int32's mantissa (1e-7 next to 2) keep the table. Within one output step of the QDQ semantics."""
-    from tvm import relax
-
     slopes = np.linspace(-2.0, 2.0, 24)
     slopes[3] = 0.0
     if spread:
@@ -148,8 +149,7 @@ def test_prelu_on_packed_codes_is_lane_arithmetic_on_x86(tmp_path, spread):
     kernels = list(section["kernel_schedules"])
     assert any(k.startswith("take") for k in kernels) == spread, kernels
     assert section["int8"]["by_op"].get("prelu") == 1, section["int8"]
-    lib = tvm.runtime.load_module(section["library"])
     feeds = random_input(model, 4)
-    got = relax.VirtualMachine(lib, tvm.cpu())["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+    got = run_host_library(section["library"], feeds)
     want = ort_session(path).run(None, feeds)[0]
     assert np.max(np.abs(got - want)) <= output_scales(model)[0] * 1.001
