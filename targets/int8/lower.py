@@ -393,11 +393,12 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         return out if packed is None else self._unpack(self._emit(out), packed[1], shape_of(x)[1])
 
     def _lower_prelu(self, call: relax.Call, ctx) -> relax.Expr:
-        """PRelu as int32 arithmetic in the input's layout: ``t = x - zp``, ``t * M`` with ``M`` the slope's
+        """PRelu of a packed tensor as int32 lane arithmetic: ``t = x - zp``, ``t * M`` with ``M`` the slope's
         fixed-point ratio ``s_x / s_y`` (``t >= 0``) or ``alpha_c * s_x / s_y`` (``t < 0``, per channel), then the
         rounding shift (half to even) of a quantized Add. Vector lanes instead of the per-channel table's gather
-        (one scalar load per code); refused (the table) where int32 cannot hold the ratios with at least
-        _MIN_PRELU_BITS bits."""
+        (one scalar load per code); refused (the table) on NCHW codes (there the arithmetic cost more than the
+        gather: bench/x86's face_s headline) and where int32 cannot hold the ratios with at least _MIN_PRELU_BITS
+        bits."""
         s_y, z_y, out_dtype, lo, hi = ctx
         shape = shape_of(call.args[0])
         if int(call.attrs.axis) != 1 or len(shape) != 4:
@@ -469,7 +470,7 @@ class QDQLowering(relax.PyExprMutator, LinearRules):
         Refused (the Pad stays float, between the unpack and the next pack, as the importer left it) on NCHW
         inputs and where the packed result would be more than a quarter padding channels: the elementwise ops
         after it pay for every padding channel (face_s pruned to 17 channels, packed as 32: cortex-a76 +4 %
-        instructions packed, -3 % on the unpruned model's 24 -> 32 and 32 -> 48 pads)."""
+        instructions packed, -3 % on the unpruned model's 16 -> 24, 24 -> 32 and 32 -> 48 pads)."""
         s_y, z_y, out_dtype, lo, hi = ctx
         width = [int(v) for v in call.attrs.pad_width]
         q = self.defs.dequantized(call.args[0])
@@ -627,5 +628,3 @@ def lower_module(mod: tvm.IRModule, opts: LowerOptions) -> tuple[tvm.IRModule, L
     out = lowering.transform()
     out = relax.transform.DeadCodeElimination()(out)
     return out, lowering.stats
-
-
