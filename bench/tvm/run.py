@@ -5,7 +5,10 @@ Variants per model, all with the same thread count as onnxruntime:
   dlight   TVM's rule-based CPU schedules (s_tir.dlight.cpu GEMV + Reduction) with fast-math
   default  compress-graph's untuned default: one seeded MetaSchedule sample per kernel (targets/schedule.py)
   tuned    compress-graph with --tune N (MetaSchedule, N trials per kernel, local runner)
-Usage: python bench/tvm/run.py [--models resnet_s,...] [--trials 8] [--threads 2] [--json out.json]
+  default_ISA, headline_ISA (--isas avx2,avx512,vnni): the default and headline libraries built for another x86
+           level (host{isa=ISA}) where this CPU runs it; onnxruntime keeps this CPU's own best kernels
+Usage: python bench/tvm/run.py [--models resnet_s,...] [--trials 8] [--threads 2] [--headline] [--isas avx2]
+       [--skip naive,dlight] [--json out.json]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -91,8 +95,24 @@ def check(outputs, reference) -> float:
 HEADLINE = "fold-bn,prune{macs=0.7},quant"
 
 
-def bench_model(path: Path, trials: int, threads: int, rounds: int, work: Path, log, headline: bool = False) -> dict:
+def headline_library(path: Path, target: str, work: Path) -> str:
+    """The headline pipeline on ``path`` with ``target``'s preferences (channel block, quant's weight width), built
+    for ``target``: the library's path."""
+    from compress_graph import load, run_pipeline, save
+    from compress_graph.targets import build_for_target, preferences
+
+    small, _ = run_pipeline(load(path), HEADLINE + ",fold-constants,cleanup", verify=False, seed=0,
+                            preferences=preferences(target))
+    folder = work / f"{path.stem}-headline-{re.sub(r'[^a-z0-9]+', '-', target)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    save(small, folder / "model.onnx")
+    return build_for_target(onnx.load(str(folder / "model.onnx")), target, folder / "out")["library"]
+
+
+def bench_model(path: Path, trials: int, threads: int, rounds: int, work: Path, log, headline: bool = False,
+                isas: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> dict:
     from compress_graph.targets import build_for_target, frontend
+    from compress_graph.targets.host import missing_features
 
     model = onnx.load(str(path))
     inputs, _ = frontend.signature(model)
@@ -104,7 +124,7 @@ def bench_model(path: Path, trials: int, threads: int, rounds: int, work: Path, 
     info: dict = {"model": path.stem}
     import tvm
 
-    for name in ("naive", "dlight"):
+    for name in (v for v in ("naive", "dlight") if v not in skip):
         t0 = time.monotonic()
         ex = in_process_variant(model, name, threads)
         info[f"{name}_build_s"] = round(time.monotonic() - t0, 1)
@@ -120,21 +140,32 @@ def bench_model(path: Path, trials: int, threads: int, rounds: int, work: Path, 
             info["tuning"] = {k: sec["tuning"].get(k) for k in ("tasks", "trials", "failed_trials", "seconds")}
         runners[name] = vm_runner(tvm.runtime.load_module(sec["library"]), feed)
     if headline:  # the compressed model (int8 where the CPU has a family) against onnxruntime fp32 on the original
-        from compress_graph import load, run_pipeline, save
-        from compress_graph.targets import preferences
-
-        small, _ = run_pipeline(load(path), HEADLINE + ",fold-constants,cleanup", verify=False, seed=0,
-                                preferences=preferences("host"))
-        save(small, work / f"{path.stem}-headline.onnx")
-        sec = build_for_target(onnx.load(str(work / f"{path.stem}-headline.onnx")), f"host{{cores={threads}}}",
-                               work / f"{path.stem}-headline")
-        runners["headline"] = vm_runner(tvm.runtime.load_module(sec["library"]), feed)
+        runners["headline"] = vm_runner(tvm.runtime.load_module(
+            headline_library(path, f"host{{cores={threads}}}", work)), feed)
+    for isa in isas:  # another x86 level's libraries, where this CPU runs them (onnxruntime keeps its own best)
+        if missing_features(isa):
+            info.setdefault("isas_skipped", {})[isa] = missing_features(isa)
+            continue
+        target = f"host{{cores={threads},isa={isa}}}"
+        sec = build_for_target(model, target, work / f"{path.stem}-default-{isa}")
+        runners[f"default_{isa}"] = vm_runner(tvm.runtime.load_module(sec["library"]), feed)
+        runners[f"headline_{isa}"] = vm_runner(tvm.runtime.load_module(headline_library(path, target, work)), feed)
     # the headline's difference is the compression error, not a kernel error: reported apart
     info["max_abs_err"] = {k: check(fn(), reference) for k, fn in runners.items() if k != "onnxruntime"}
     ms = interleave(runners, rounds)
     info["ms"] = {k: round(v, 4) for k, v in ms.items()}
     info["x_onnxruntime"] = {k: round(v / ms["onnxruntime"], 2) for k, v in ms.items() if k != "onnxruntime"}
     return info
+
+
+def cpu_flags() -> list[str]:
+    """The x86 levels /proc/cpuinfo reports (which CPU a timing came from)."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo", encoding="utf-8")
+                      if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512vbmi", "avx_vnni") if f in flags]
 
 
 def main() -> int:
@@ -146,7 +177,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--headline", action="store_true",
                     help=f"also time `{HEADLINE}` --target host against onnxruntime fp32 on the original model")
+    ap.add_argument("--skip", default="", help="TVM baselines not to build and time: naive, dlight")
+    ap.add_argument("--isas", default="",
+                    help="also the default and headline libraries built for these x86 levels (host{isa=...}: avx2, "
+                         "avx512, vnni) where this CPU runs them: columns default_ISA, headline_ISA")
     args = ap.parse_args()
+    isas = tuple(i for i in args.isas.split(",") if i)
+    skip = tuple(v for v in args.skip.split(",") if v)
     # TVM's thread pool otherwise starts one worker per core whatever the target's num-cores; both runtimes get
     # the same thread count (set before tvm is imported: the pool reads it once).
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -156,10 +193,11 @@ def main() -> int:
             path = REPO / "models" / f"{name}.onnx"
             print(f"== {name}", file=sys.stderr, flush=True)
             info = bench_model(path, args.trials, args.threads, args.rounds, Path(tmp),
-                               lambda msg: print("  " + msg, file=sys.stderr, flush=True), args.headline)
+                               lambda msg: print("  " + msg, file=sys.stderr, flush=True), args.headline, isas, skip)
             print(json.dumps(info), file=sys.stderr, flush=True)
             results.append(info)
-    cols = ["naive", "dlight", "default", "tuned"] + (["headline"] if args.headline else [])
+    cols = ([v for v in ("naive", "dlight") if v not in skip] + ["default", "tuned"]
+            + (["headline"] if args.headline else []) + [f"{v}_{i}" for i in isas for v in ("default", "headline")])
     print("| model | onnxruntime ms | " + " | ".join(f"{c} ms (x ort)" for c in cols) + " | tuning |")
     print("|---|---|" + "---|" * len(cols) + "---|")
     for r in results:
@@ -169,7 +207,7 @@ def main() -> int:
         print(f"| {r['model']} | {r['ms']['onnxruntime']:.3f} | " + " | ".join(cells) + f" | {tune_txt} |")
     if args.json:
         args.json.write_text(json.dumps({"trials_per_kernel": args.trials, "threads": args.threads,
-                                         "results": results}, indent=1) + "\n")
+                                         "cpu_flags": cpu_flags(), "results": results}, indent=1) + "\n")
     return 0
 
 
